@@ -1,0 +1,164 @@
+"""Numba kernels on fragment batches laid out ``(F, C, H, W)``.
+
+Every parallel loop runs over independent outputs (each iteration writes its own plane), so there
+is no racing ``+=`` and results do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+ACT_NONE, ACT_TANH, ACT_RELU = 0, 1, 2
+ACTIVATIONS = {"none": ACT_NONE, "tanh": ACT_TANH, "relu": ACT_RELU}
+
+_OPTS = dict(cache=True, nogil=True)
+
+
+@njit(parallel=True, **_OPTS)
+def conv_forward(x, w, b, act, out):
+    """Valid cross-correlation + bias + activation: ``out[f, o] = act(b[o] + sum w[o, i] * x[f, i])``."""
+    n_frag, n_in, _, _ = x.shape
+    n_out, _, kh, kw = w.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for t in prange(n_frag * n_out):
+        f = t // n_out
+        o = t % n_out
+        for y in range(ho):
+            row = out[f, o, y]
+            row[:] = b[o]
+            for i in range(n_in):
+                for ky in range(kh):
+                    src = x[f, i, y + ky]
+                    for kx in range(kw):
+                        wv = w[o, i, ky, kx]
+                        for c in range(wo):
+                            row[c] += wv * src[c + kx]
+            if act == ACT_TANH:
+                for c in range(wo):
+                    row[c] = np.tanh(row[c])
+            elif act == ACT_RELU:
+                for c in range(wo):
+                    if row[c] < 0:
+                        row[c] = 0
+    return out
+
+
+@njit(parallel=True, **_OPTS)
+def activation_backward(grad, out, act):
+    """In place: turn the gradient w.r.t. a layer's output into the gradient w.r.t. its pre-activation."""
+    n_frag, n_maps, h, w = grad.shape
+    for t in prange(n_frag * n_maps):
+        f = t // n_maps
+        o = t % n_maps
+        for y in range(h):
+            g = grad[f, o, y]
+            a = out[f, o, y]
+            if act == ACT_TANH:
+                for c in range(w):
+                    g[c] *= 1 - a[c] * a[c]
+            elif act == ACT_RELU:
+                for c in range(w):
+                    if a[c] <= 0:
+                        g[c] = 0
+    return grad
+
+
+@njit(parallel=True, **_OPTS)
+def conv_backward_input(grad_out, w, grad_in):
+    """``grad_in[f, i] = sum_o full-correlation(grad_out[f, o], w[o, i])`` (overwrites grad_in)."""
+    n_frag, n_out, ho, wo = grad_out.shape
+    _, n_in, kh, kw = w.shape
+    for t in prange(n_frag * n_in):
+        f = t // n_in
+        i = t % n_in
+        grad_in[f, i] = 0
+        for y in range(ho):
+            for o in range(n_out):
+                g = grad_out[f, o, y]
+                for ky in range(kh):
+                    dst = grad_in[f, i, y + ky]
+                    for kx in range(kw):
+                        wv = w[o, i, ky, kx]
+                        for c in range(wo):
+                            dst[c + kx] += wv * g[c]
+    return grad_in
+
+
+@njit(parallel=True, **_OPTS)
+def conv_backward_weights(x, grad_out, grad_w):
+    """``grad_w[o, i, ky, kx] = sum_{f, y, c} grad_out[f, o, y, c] * x[f, i, y + ky, c + kx]``."""
+    n_frag, n_out, ho, wo = grad_out.shape
+    _, n_in, kh, kw = grad_w.shape
+    for t in prange(n_out * n_in):
+        o = t // n_in
+        i = t % n_in
+        acc = np.zeros((kh, kw), dtype=np.float64)
+        for f in range(n_frag):
+            for y in range(ho):
+                g = grad_out[f, o, y]
+                for ky in range(kh):
+                    src = x[f, i, y + ky]
+                    for kx in range(kw):
+                        s = g[0] * 0
+                        for c in range(wo):
+                            s += g[c] * src[c + kx]
+                        acc[ky, kx] += s
+        for ky in range(kh):
+            for kx in range(kw):
+                grad_w[o, i, ky, kx] = acc[ky, kx]
+    return grad_w
+
+
+@njit(parallel=True, **_OPTS)
+def mpf_forward(x, ph, pw, out, arg):
+    """Max-pooling fragments: every offset ``(ry, rx)`` of a ``ph x pw`` pool becomes a fragment.
+
+    ``out[(ry * pw + rx) * F + f, c, i, j] = max_{a, b} x[f, c, ry + i*ph + a, rx + j*pw + b]`` and
+    ``arg`` holds ``a * pw + b`` of the (first) maximum.
+    """
+    n_frag, n_maps, _, _ = x.shape
+    hn, wn = out.shape[2], out.shape[3]
+    for t in prange(ph * pw * n_frag * n_maps):
+        c = t % n_maps
+        fo = t // n_maps
+        f = fo % n_frag
+        r = fo // n_frag
+        ry = r // pw
+        rx = r % pw
+        for i in range(hn):
+            y0 = ry + i * ph
+            for j in range(wn):
+                x0 = rx + j * pw
+                best = x[f, c, y0, x0]
+                code = 0
+                for a in range(ph):
+                    for bb in range(pw):
+                        v = x[f, c, y0 + a, x0 + bb]
+                        if v > best:
+                            best = v
+                            code = a * pw + bb
+                out[fo, c, i, j] = best
+                arg[fo, c, i, j] = code
+    return out
+
+
+@njit(parallel=True, **_OPTS)
+def mpf_backward(grad_out, arg, ph, pw, grad_in):
+    """Route each fragment's gradient to its arg-max in the source map, accumulating (overwrites grad_in)."""
+    n_frag, n_maps = grad_in.shape[0], grad_in.shape[1]
+    hn, wn = grad_out.shape[2], grad_out.shape[3]
+    for t in prange(n_frag * n_maps):
+        f = t // n_maps
+        c = t % n_maps
+        grad_in[f, c] = 0
+        for r in range(ph * pw):
+            ry = r // pw
+            rx = r % pw
+            fo = r * n_frag + f
+            for i in range(hn):
+                y0 = ry + i * ph
+                for j in range(wn):
+                    code = arg[fo, c, i, j]
+                    grad_in[f, c, y0 + code // pw, rx + j * pw + code % pw] += grad_out[fo, c, i, j]
+    return grad_in

@@ -1,0 +1,87 @@
+"""Cross-entropy on the dense output, masked to painted pixels and balanced per class."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .inputs import as_labels
+from .model import Model
+from .network import backward, forward, pad_image, padded_size
+from .predict import normalise
+
+__all__ = ["masked_cross_entropy", "loss_and_gradients", "labelled_box"]
+
+
+def masked_cross_entropy(
+    logits: np.ndarray, labels: np.ndarray, balance: bool = True
+) -> tuple[float, np.ndarray]:
+    """Loss and its gradient w.r.t. ``logits`` ``(K, H, W)``; ``labels`` ``(H, W)``, 0 = unpainted.
+
+    ``balance``: every painted class weighs the same (mean over the classes present of the mean
+    loss of their pixels); otherwise the mean over all painted pixels.
+    """
+    n_classes = logits.shape[0]
+    grad = np.zeros_like(logits)
+    ys, xs = np.nonzero(labels)
+    if ys.size == 0:
+        return 0.0, grad
+    cls = labels[ys, xs] - 1
+    z = logits[:, ys, xs].astype(np.float64)
+    z -= z.max(axis=0, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=0, keepdims=True))
+    counts = np.bincount(cls, minlength=n_classes)
+    if balance:
+        weight = 1.0 / (counts[cls] * np.count_nonzero(counts))
+    else:
+        weight = np.full(cls.size, 1.0 / cls.size)
+    loss = float(-(weight * log_p[cls, np.arange(cls.size)]).sum())
+    g = np.exp(log_p)
+    g[cls, np.arange(cls.size)] -= 1.0
+    grad[:, ys, xs] = g * weight
+    return loss, grad
+
+
+def labelled_box(labels: np.ndarray, factor: tuple[int, int], out_limit: tuple[int, int]):
+    """Smallest output box ``(y0, x0, oh, ow)`` holding every painted pixel, sides multiples of ``factor``.
+
+    The box may run past the image by less than ``factor``, never past ``out_limit``.
+    """
+    rows = np.flatnonzero(labels.any(axis=1))
+    cols = np.flatnonzero(labels.any(axis=0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    oh, ow = padded_size(y1 - y0, factor[0]), padded_size(x1 - x0, factor[1])
+    y0 = min(y0, out_limit[0] - oh)
+    x0 = min(x0, out_limit[1] - ow)
+    return int(y0), int(x0), int(oh), int(ow)
+
+
+def loss_and_gradients(
+    model: Model, image, labels, balance: bool = True
+) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
+    """Masked, optionally class-balanced cross-entropy of ``model`` on one image and its gradients.
+
+    Gradients are shaped like ``model.weights`` and ``model.biases``. Only the box around the
+    painted pixels is evaluated (exactly: the mirror padding is that of the whole image).
+    """
+    x = normalise(model, image)
+    lab = as_labels(labels, x.shape[1:])
+    return _loss_and_gradients(model, x, lab, balance)
+
+
+def _loss_and_gradients(model: Model, x: np.ndarray, lab: np.ndarray, balance: bool):
+    if not lab.any():
+        zeros_w = [np.zeros_like(w) for w in model.weights]
+        return 0.0, zeros_w, [np.zeros_like(b) for b in model.biases]
+    _, h, w = x.shape
+    py, px = model.spec.pool_factor
+    wh, ww = model.window
+    limit = (h + py - 1, w + px - 1)
+    padded = pad_image(x, model.window, limit)
+    y0, x0, oh, ow = labelled_box(lab, (py, px), limit)
+    logits, cache = forward(model, padded[:, y0 : y0 + oh + wh - 1, x0 : x0 + ow + ww - 1], keep=True)
+    box_labels = np.zeros((oh, ow), np.int32)
+    part = lab[y0 : y0 + oh, x0 : x0 + ow]
+    box_labels[: part.shape[0], : part.shape[1]] = part
+    loss, grad_logits = masked_cross_entropy(logits, box_labels, balance)
+    grad_w, grad_b = backward(model, cache, grad_logits)
+    return loss, grad_w, grad_b

@@ -1,0 +1,159 @@
+"""The trainable network: a resolved spec plus weights, activation, classes and normalisation."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from collections.abc import Sequence
+
+import numpy as np
+
+from .inputs import check_training_pairs
+from .spec import NetworkSpec, SpecError, parse_spec
+
+__all__ = ["Model"]
+
+
+@dataclass
+class Model:
+    """An MPCNN: ``weights[n]`` is ``(Cout, Cin, kh, kw)`` for the n-th conv/FC layer, ``biases[n]`` ``(Cout,)``.
+
+    Class ``k`` (0-based output ``k``) is label value ``k + 1``. Images are normalised per channel as
+    ``(image - norm_mean) / norm_std`` before the first layer.
+    """
+
+    spec: NetworkSpec
+    activation: str
+    in_channels: int
+    weights: list[np.ndarray]
+    biases: list[np.ndarray]
+    class_names: list[str]
+    norm_mean: np.ndarray
+    norm_std: np.ndarray
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return self.spec.n_classes
+
+    @property
+    def window(self) -> tuple[int, int]:
+        return self.spec.window
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.weights[0].dtype
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(w.size for w in self.weights) + sum(b.size for b in self.biases))
+
+    def copy(self) -> Model:
+        return copy.deepcopy(self)
+
+    def astype(self, dtype) -> Model:
+        """A copy computing in ``dtype`` (float32 for speed, float64 for checks)."""
+        out = self.copy()
+        out.weights = [w.astype(dtype) for w in self.weights]
+        out.biases = [b.astype(dtype) for b in self.biases]
+        return out
+
+    def describe(self) -> str:
+        h, w = self.window
+        return (
+            f"{self.spec.text} | {self.activation} | window {h}x{w} | "
+            f"{self.in_channels} channel(s) -> {self.n_classes} classes | {self.n_params:,} parameters"
+        )
+
+    @classmethod
+    def create(
+        cls,
+        spec: str | NetworkSpec,
+        in_channels: int,
+        n_classes: int,
+        activation: str = "tanh",
+        seed: int = 0,
+        class_names: Sequence[str] | None = None,
+        dtype=np.float32,
+    ) -> Model:
+        """A freshly initialised network (Glorot-uniform for tanh, He-normal for ReLU, zero biases)."""
+        if activation not in ("tanh", "relu"):
+            raise SpecError(f"activation must be 'tanh' or 'relu', got {activation!r}")
+        if in_channels < 1:
+            raise SpecError(f"in_channels must be at least 1, got {in_channels}")
+        if isinstance(spec, str):
+            spec = parse_spec(spec, n_classes)
+        elif spec.n_classes != n_classes:
+            raise SpecError(f"the spec has {spec.n_classes} outputs but n_classes is {n_classes}")
+        names = _class_names(class_names, n_classes)
+        rng = np.random.default_rng(seed)
+        weights, biases = [], []
+        n_in = in_channels
+        for layer in spec.layers:
+            if layer.kind == "pool":
+                continue
+            kh, kw = layer.size
+            fan_in = n_in * kh * kw
+            shape = (layer.maps, n_in, kh, kw)
+            if activation == "relu":
+                w = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape)
+            else:
+                limit = np.sqrt(6.0 / (fan_in + layer.maps * kh * kw))
+                w = rng.uniform(-limit, limit, size=shape)
+            weights.append(w.astype(dtype))
+            biases.append(np.zeros(layer.maps, dtype=dtype))
+            n_in = layer.maps
+        return cls(
+            spec=spec,
+            activation=activation,
+            in_channels=in_channels,
+            weights=weights,
+            biases=biases,
+            class_names=names,
+            norm_mean=np.zeros(in_channels, np.float32),
+            norm_std=np.ones(in_channels, np.float32),
+            provenance={"seed": int(seed), "steps": 0},
+        )
+
+    @classmethod
+    def for_data(
+        cls,
+        images,
+        labels,
+        spec: str | NetworkSpec = "fast",
+        activation: str = "tanh",
+        seed: int = 0,
+        class_names: Sequence[str] | None = None,
+    ) -> Model:
+        """A new network sized for these (image, labels) pairs, with normalisation from the images."""
+        imgs, labs = check_training_pairs(images, labels)
+        n_classes = max(int(lab.max()) for lab in labs)
+        model = cls.create(spec, imgs[0].shape[0], n_classes, activation, seed, class_names)
+        model.norm_mean, model.norm_std = normalisation_from(imgs)
+        return model
+
+
+def normalisation_from(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation over ``(C, H, W)`` images (std 1 for constant channels)."""
+    n_ch = images[0].shape[0]
+    total = np.zeros(n_ch)
+    total_sq = np.zeros(n_ch)
+    count = 0
+    for img in images:
+        flat = img.reshape(n_ch, -1).astype(np.float64)
+        total += flat.sum(axis=1)
+        total_sq += (flat**2).sum(axis=1)
+        count += flat.shape[1]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    std[std < 1e-6 * np.maximum(1.0, np.abs(mean))] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _class_names(names: Sequence[str] | None, n_classes: int) -> list[str]:
+    if names is None:
+        return [f"class {k + 1}" for k in range(n_classes)]
+    names = [str(n) for n in names]
+    if len(names) != n_classes:
+        raise SpecError(f"{len(names)} class name(s) given for {n_classes} classes")
+    return names

@@ -1,0 +1,170 @@
+"""Dense evaluation of an MPCNN through max-pooling fragments (Masci et al. 2013), forward and backward.
+
+The image is mirror-padded so that output pixel ``(y, x)`` sees the window
+``padded[:, y:y+wh, x:x+ww]``; outputs are computed for a region whose sides are multiples of the
+total pooling factor, so every fragment of a level has the same size and the final interleave is a
+plain transpose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels as K
+from .model import Model
+
+__all__ = ["mirror_indices", "pad_image", "padded_size", "forward", "backward", "Cache"]
+
+
+def mirror_indices(n: int, before: int, after: int) -> np.ndarray:
+    """Indices of a mirror ('reflect', edge not repeated) padding of an axis of length ``n``."""
+    idx = np.arange(-before, n + after)
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * n - 2
+    idx = np.mod(idx, period)
+    return np.where(idx < n, idx, period - idx)
+
+
+def pad_image(x: np.ndarray, window: tuple[int, int], out_shape: tuple[int, int]) -> np.ndarray:
+    """Mirror-pad a ``(C, H, W)`` image so that outputs ``[0, out_h) x [0, out_w)`` can be computed.
+
+    ``out_shape`` may exceed ``(H, W)``; the extra outputs are discarded by the caller.
+    """
+    _, h, w = x.shape
+    (wh, ww), (oh, ow) = window, out_shape
+    rows = mirror_indices(h, wh // 2, oh - h + wh - 1 - wh // 2)
+    cols = mirror_indices(w, ww // 2, ow - w + ww - 1 - ww // 2)
+    return np.ascontiguousarray(x[:, rows[:, None], cols[None, :]])
+
+
+def padded_size(n: int, factor: int) -> int:
+    """Smallest multiple of ``factor`` that is at least ``n``."""
+    return -(-n // factor) * factor
+
+
+@dataclass
+class Cache:
+    """What the backward pass needs from the forward pass."""
+
+    inputs: list  # input of every layer (F, C, H, W)
+    outputs: list  # output of every conv/fc layer (post-activation), or pool args
+    frag_shape: tuple  # (F, K, h, w) of the last layer
+
+
+def _act_code(model: Model, is_last: bool) -> int:
+    return K.ACT_NONE if is_last else K.ACTIVATIONS[model.activation]
+
+
+def forward(
+    model: Model, padded: np.ndarray, keep: bool = False
+) -> tuple[np.ndarray, Cache | None]:
+    """Logits ``(K, oh, ow)`` for a padded ``(C, oh + wh - 1, ow + ww - 1)`` input (model dtype).
+
+    ``oh`` and ``ow`` must be multiples of the total pooling factor. With ``keep`` the activations
+    are kept for :func:`backward`.
+    """
+    spec = model.spec
+    dtype = model.dtype
+    x = np.ascontiguousarray(padded, dtype=dtype)[None]
+    inputs, outputs = [], []
+    n_param = 0
+    n_layers = len(spec.layers)
+    for li, layer in enumerate(spec.layers):
+        if keep:
+            inputs.append(x)
+        f, c, h, w = x.shape
+        if layer.kind == "pool":
+            ph, pw = layer.size
+            hn, wn = (h - ph + 1) // ph, (w - pw + 1) // pw
+            out = np.empty((ph * pw * f, c, hn, wn), dtype)
+            arg = np.empty(out.shape, np.int32)
+            K.mpf_forward(x, ph, pw, out, arg)
+            if keep:
+                outputs.append(arg)
+        else:
+            wgt, bias = model.weights[n_param], model.biases[n_param]
+            n_param += 1
+            kh, kw = wgt.shape[2:]
+            out = np.empty((f, wgt.shape[0], h - kh + 1, w - kw + 1), dtype)
+            K.conv_forward(x, wgt, bias, _act_code(model, li == n_layers - 1), out)
+            if keep:
+                outputs.append(out)
+        x = out
+    logits = interleave(x, spec)
+    return logits, (Cache(inputs, outputs, x.shape) if keep else None)
+
+
+def _pool_sizes(spec) -> list[tuple[int, int]]:
+    return [layer.size for layer in spec.layers if layer.kind == "pool"]
+
+
+def _interleave_perm(n_pools: int) -> tuple[list[int], list[int]]:
+    # fragment axes after reshape: [ryL, rxL, ..., ry1, rx1, K, i, j]
+    L = n_pools
+    ry = [2 * m for m in range(L)]
+    rx = [2 * m + 1 for m in range(L)]
+    perm = [2 * L, 2 * L + 1, *ry, 2 * L + 2, *rx]
+    return perm, list(np.argsort(perm))
+
+
+def interleave(frags: np.ndarray, spec) -> np.ndarray:
+    """Fragments ``(F, K, h, w)`` -> dense ``(K, h * Py, w * Px)``."""
+    pools = _pool_sizes(spec)
+    f, k, h, w = frags.shape
+    if not pools:
+        return frags[0]
+    shape = [s for (ph, pw) in reversed(pools) for s in (ph, pw)] + [k, h, w]
+    perm, _ = _interleave_perm(len(pools))
+    py, px = spec.pool_factor
+    return frags.reshape(shape).transpose(perm).reshape(k, h * py, w * px)
+
+
+def deinterleave(dense: np.ndarray, spec, frag_shape: tuple) -> np.ndarray:
+    """Inverse of :func:`interleave`."""
+    pools = _pool_sizes(spec)
+    f, k, h, w = frag_shape
+    if not pools:
+        return np.ascontiguousarray(dense[None])
+    perm, inv = _interleave_perm(len(pools))
+    shape = [s for (ph, pw) in reversed(pools) for s in (ph, pw)] + [k, h, w]
+    permuted_shape = [shape[p] for p in perm]
+    return np.ascontiguousarray(dense.reshape(permuted_shape).transpose(inv).reshape(frag_shape))
+
+
+def backward(
+    model: Model, cache: Cache, grad_logits: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Parameter gradients given the gradient of the loss w.r.t. the dense logits ``(K, oh, ow)``."""
+    spec = model.spec
+    dtype = model.dtype
+    grad = deinterleave(grad_logits.astype(dtype, copy=False), spec, cache.frag_shape)
+    n_param = len(model.weights)
+    grad_w: list = [None] * n_param
+    grad_b: list = [None] * n_param
+    n_layers = len(spec.layers)
+    for li in range(n_layers - 1, -1, -1):
+        layer = spec.layers[li]
+        x_in = cache.inputs[li]
+        if layer.kind == "pool":
+            ph, pw = layer.size
+            grad_in = np.empty(x_in.shape, dtype)
+            K.mpf_backward(grad, cache.outputs[li], ph, pw, grad_in)
+            grad = grad_in
+            continue
+        n_param -= 1
+        act = _act_code(model, li == n_layers - 1)
+        if act != K.ACT_NONE:
+            K.activation_backward(grad, cache.outputs[li], act)
+        wgt = model.weights[n_param]
+        gw = np.empty(wgt.shape, dtype)
+        K.conv_backward_weights(x_in, grad, gw)
+        grad_w[n_param] = gw
+        grad_b[n_param] = grad.sum(axis=(0, 2, 3), dtype=np.float64).astype(dtype)
+        if li > 0:
+            grad_in = np.empty(x_in.shape, dtype)
+            K.conv_backward_input(grad, wgt, grad_in)
+            grad = grad_in
+    return grad_w, grad_b
