@@ -1,23 +1,36 @@
 """The MPF engine: NumPy + Numba, no napari, no Qt. See README.md for the API and the model file."""
 
-from .inputs import InputError
+from .inputs import InputError, as_image, as_labels
 from .loss import loss_and_gradients, masked_cross_entropy
 from .model import Model
+from .modelfile import ModelFileError, load_model, model_header, save_model
 from .predict import predict_logits, predict_proba, segment, softmax
 from .spec import PRESETS, LayerSpec, NetworkSpec, SpecError, parse_spec
+from .train import Progress, TrainConfig, Trainer, fit, train
 
 __all__ = [
     "InputError",
     "LayerSpec",
     "Model",
+    "ModelFileError",
     "NetworkSpec",
     "PRESETS",
+    "Progress",
     "SpecError",
+    "TrainConfig",
+    "Trainer",
+    "as_image",
+    "as_labels",
+    "fit",
+    "load_model",
     "loss_and_gradients",
     "masked_cross_entropy",
+    "model_header",
     "parse_spec",
     "predict_logits",
     "predict_proba",
+    "save_model",
     "segment",
     "softmax",
+    "train",
 ]

@@ -32,13 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # the engine's error type, so callers catch one class
-    from .errors import InputError
-except ImportError:  # pragma: no cover - engine not importable yet
-
-    class InputError(ValueError):
-        """Bad images or labels, with a clear sentence."""
-
+from .inputs import InputError  # the engine's error type, so callers catch one class
 
 __all__ = [
     "InputError",
@@ -405,8 +399,9 @@ def atomic_open(path: str | os.PathLike) -> Iterator:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise InputError(f"cannot write {p}: {exc.strerror or exc}") from None
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:  # a named file: some writers (tifffile) want its name
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

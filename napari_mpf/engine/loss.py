@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .inputs import as_labels
 from .model import Model
-from .network import backward, forward, pad_image, padded_size
+from .network import backward, forward, mirror_indices, padded_size
 from .predict import normalise
 
-__all__ = ["masked_cross_entropy", "loss_and_gradients", "labelled_box"]
+__all__ = ["Batch", "batch_loss", "labelled_box", "loss_and_gradients", "make_batch", "masked_cross_entropy"]
 
 
 def masked_cross_entropy(
@@ -68,20 +70,42 @@ def loss_and_gradients(
     return _loss_and_gradients(model, x, lab, balance)
 
 
-def _loss_and_gradients(model: Model, x: np.ndarray, lab: np.ndarray, balance: bool):
-    if not lab.any():
-        zeros_w = [np.zeros_like(w) for w in model.weights]
-        return 0.0, zeros_w, [np.zeros_like(b) for b in model.biases]
+@dataclass
+class Batch:
+    """The padded input box around the painted pixels of one image, and its labels."""
+
+    padded: np.ndarray  # (C, oh + wh - 1, ow + ww - 1)
+    labels: np.ndarray  # (oh, ow) int32, 0 outside the image
+
+
+def make_batch(model: Model, x: np.ndarray, lab: np.ndarray) -> Batch:
+    """Crop a normalised image ``(C, H, W)`` and its labels to the box of painted pixels (exactly)."""
     _, h, w = x.shape
     py, px = model.spec.pool_factor
     wh, ww = model.window
     limit = (h + py - 1, w + px - 1)
-    padded = pad_image(x, model.window, limit)
     y0, x0, oh, ow = labelled_box(lab, (py, px), limit)
-    logits, cache = forward(model, padded[:, y0 : y0 + oh + wh - 1, x0 : x0 + ow + ww - 1], keep=True)
+    rows = mirror_indices(h, wh // 2, limit[0] - h + wh - 1 - wh // 2)[y0 : y0 + oh + wh - 1]
+    cols = mirror_indices(w, ww // 2, limit[1] - w + ww - 1 - ww // 2)[x0 : x0 + ow + ww - 1]
+    padded = np.ascontiguousarray(x[:, rows[:, None], cols[None, :]], dtype=model.dtype)
     box_labels = np.zeros((oh, ow), np.int32)
     part = lab[y0 : y0 + oh, x0 : x0 + ow]
     box_labels[: part.shape[0], : part.shape[1]] = part
-    loss, grad_logits = masked_cross_entropy(logits, box_labels, balance)
+    return Batch(padded, box_labels)
+
+
+def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool = True):
+    """``(loss, grad_weights, grad_biases)`` on a batch; the gradients are ``None`` without ``need_grad``."""
+    logits, cache = forward(model, batch.padded, keep=need_grad)
+    loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance)
+    if not need_grad:
+        return loss, None, None
     grad_w, grad_b = backward(model, cache, grad_logits)
     return loss, grad_w, grad_b
+
+
+def _loss_and_gradients(model: Model, x: np.ndarray, lab: np.ndarray, balance: bool):
+    if not lab.any():
+        zeros_w = [np.zeros_like(w) for w in model.weights]
+        return 0.0, zeros_w, [np.zeros_like(b) for b in model.biases]
+    return batch_loss(model, make_batch(model, x, lab), balance)

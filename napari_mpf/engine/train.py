@@ -1,0 +1,211 @@
+"""The one training loop: a generator that yields :class:`Progress` and returns the trained model.
+
+The GUI wraps :meth:`Trainer.run` in a worker, the CLI draws a progress bar from it, tests drain it.
+Weights change only inside a step, so stopping between two yields keeps the last good weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .inputs import InputError, check_training_pairs
+from .loss import Batch, batch_loss, make_batch
+from .model import Model
+from .optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
+from .predict import normalise, predict_proba
+
+__all__ = ["TrainConfig", "Progress", "Trainer", "train", "fit"]
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. ``lr=None`` takes the optimiser's default (see ``optim.DEFAULT_LR``).
+
+    ``schedule``: ``"cosine"`` decays the learning rate to 10% over the run, ``"constant"`` keeps it.
+    ``preview_every``: every that many steps (and at the last step) a :class:`Progress` carries the
+    probabilities of image ``preview_index``; 0 = only on request.
+    """
+
+    steps: int = 200
+    optimizer: str = "adam"
+    lr: float | None = None
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    augment: bool = True
+    balance: bool = True
+    seed: int = 0
+    preview_every: int = 0
+    preview_index: int = 0
+
+    def check(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if int(self.steps) < 1:
+            raise InputError(f"steps must be at least 1, got {self.steps}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"the learning rate must be a positive number, got {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise InputError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+
+
+@dataclass
+class Progress:
+    """One training step done: ``step`` of ``n_steps`` (1-based), the loss of the batch before the
+    update, seconds since the start, the learning rate used, which image was used, and (when due or
+    requested) the preview probabilities ``(K, H, W)``."""
+
+    step: int
+    n_steps: int
+    loss: float
+    elapsed: float
+    lr: float
+    image_index: int
+    probabilities: np.ndarray | None = None
+
+
+def _dihedral(x: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One of the 8 rotations/flips of an image ``(C, H, W)`` and its labels ``(H, W)``."""
+    if k >= 4:
+        x, lab = x[:, :, ::-1], lab[:, ::-1]
+    r = k % 4
+    if r:
+        x, lab = np.rot90(x, r, axes=(1, 2)), np.rot90(lab, r)
+    return x, lab
+
+
+class Trainer:
+    """Trains ``model`` in place on (image, labels) pairs; :meth:`run` is the generator."""
+
+    def __init__(self, model: Model, images, labels, config: TrainConfig | None = None):
+        self.config = config or TrainConfig()
+        self.config.check()
+        self.model = model
+        self.images, self.labels = check_training_pairs(images, labels, model.in_channels, model.n_classes)
+        if not 0 <= self.config.preview_index < len(self.images):
+            raise InputError(f"preview_index {self.config.preview_index} is not one of the {len(self.images)} images")
+        self._preview_requested = False
+        self.last_loss = float("nan")
+
+    def request_preview(self) -> None:
+        """Ask for probabilities in the next :class:`Progress` (safe to call from another thread)."""
+        self._preview_requested = True
+
+    def preview(self) -> np.ndarray:
+        """Probabilities ``(K, H, W)`` of the preview image with the current weights."""
+        return predict_proba(self.model, self.images[self.config.preview_index])
+
+    def run(self) -> Generator[Progress, None, Model]:
+        cfg = self.config
+        model = self.model
+        rng = np.random.default_rng(cfg.seed)
+        xs = [normalise(model, img) for img in self.images]
+        usable = [i for i, lab in enumerate(self.labels) if lab.any()]
+        base_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
+        # weights become views into one flat vector that the optimiser updates in place
+        theta, views = _flatten(model)
+        opt = make_optimizer(cfg.optimizer, theta.size, cfg.momentum)
+        good = theta.copy()
+        start = time.perf_counter()
+        order: list[int] = []
+        provenance = model.provenance
+        provenance.setdefault("steps", 0)
+        provenance.update(
+            optimizer=cfg.optimizer, lr=base_lr, schedule=cfg.schedule, augment=cfg.augment,
+            balance=cfg.balance, seed=cfg.seed,
+        )
+        for step in range(1, int(cfg.steps) + 1):
+            if not order:
+                order = list(rng.permutation(usable))
+            index = int(order.pop())
+            x, lab = xs[index], self.labels[index]
+            if cfg.augment:
+                x, lab = _dihedral(x, lab, int(rng.integers(8)))
+            batch = make_batch(model, np.ascontiguousarray(x), np.ascontiguousarray(lab))
+            lr = base_lr * _schedule(cfg.schedule, step, int(cfg.steps))
+            loss = self._step(opt, theta, views, batch, lr)
+            if math.isfinite(loss):
+                good[:] = theta
+            else:  # diverged: back to the last good weights, smaller steps
+                theta[:] = good
+                base_lr *= 0.5
+            provenance["steps"] = int(provenance["steps"]) + 1
+            self.last_loss = loss
+            probs = None
+            due = cfg.preview_every and (step % cfg.preview_every == 0 or step == cfg.steps)
+            if due or self._preview_requested:
+                self._preview_requested = False
+                probs = self.preview()
+            yield Progress(step, int(cfg.steps), loss, time.perf_counter() - start, lr, index, probs)
+        provenance["final_loss"] = self.last_loss
+        return model
+
+    def _step(self, opt, theta, views, batch: Batch, lr: float) -> float:
+        model, balance = self.model, self.config.balance
+        model_weights_dtype = theta.dtype
+
+        def loss_fn(vec: np.ndarray) -> float:
+            saved = theta.copy()
+            theta[:] = vec
+            try:
+                return batch_loss(model, batch, balance, need_grad=False)[0]
+            finally:
+                theta[:] = saved
+
+        def loss_grad_fn(vec: np.ndarray) -> tuple[float, np.ndarray]:
+            theta[:] = vec.astype(model_weights_dtype)
+            loss, gw, gb = batch_loss(model, batch, balance)
+            return loss, _flat_grad(gw, gb)
+
+        loss, gw, gb = batch_loss(model, batch, balance)
+        grad = _flat_grad(gw, gb)
+        if not (math.isfinite(loss) and np.isfinite(grad).all()):
+            return float("nan")
+        opt.step(theta, loss, grad, loss_fn, loss_grad_fn, lr)
+        if not np.isfinite(theta).all():
+            return float("nan")
+        return loss
+
+
+def _schedule(kind: str, step: int, steps: int) -> float:
+    if kind == "constant" or steps <= 1:
+        return 1.0
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 1) / (steps - 1)))
+
+
+def _flatten(model: Model) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Copy the parameters into one vector and make the model's arrays views into it."""
+    arrays = [*model.weights, *model.biases]
+    theta = np.concatenate([a.ravel() for a in arrays]).astype(model.dtype)
+    views, offset = [], 0
+    for a in arrays:
+        views.append(theta[offset : offset + a.size].reshape(a.shape))
+        offset += a.size
+    n = len(model.weights)
+    model.weights, model.biases = views[:n], views[n:]
+    return theta, views
+
+
+def _flat_grad(grad_w: Sequence[np.ndarray], grad_b: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate([g.ravel() for g in (*grad_w, *grad_b)]).astype(np.float64)
+
+
+def train(model: Model, images, labels, config: TrainConfig | None = None) -> Generator[Progress, None, Model]:
+    """``Trainer(model, images, labels, config).run()``: yields :class:`Progress`, returns the model."""
+    return Trainer(model, images, labels, config).run()
+
+
+def fit(model: Model, images, labels, config: TrainConfig | None = None, callback=None) -> Model:
+    """Train to the end; ``callback(progress)`` is called after every step."""
+    gen = train(model, images, labels, config)
+    while True:
+        try:
+            progress = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(progress)
