@@ -101,14 +101,13 @@ def _tokens(text: str) -> list[str]:
 def parse_spec(text: str, n_classes: int | None = None) -> NetworkSpec:
     """Parse and resolve ``text`` (a spec or a preset name) into a :class:`NetworkSpec`.
 
-    If ``n_classes`` is given and the spec does not end in an FC layer, ``FC<n_classes>`` is
-    appended; if it ends in ``FC<n>`` with ``n != n_classes`` a :class:`SpecError` is raised.
+    If ``n_classes`` is given, the output layer ``FC<n_classes>`` is appended unless the spec already
+    ends with it (so ``..., FC48`` with 2 classes means a hidden FC48 and an output FC2).
     """
     if not isinstance(text, str) or not text.strip():
         raise SpecError("empty network spec: give a preset name (" + ", ".join(PRESETS) + ") or layers such as 'C5x5x8, MPF2x2, FC2'")
     key = text.strip().lower()
-    from_preset = key in PRESETS
-    tokens = _tokens(PRESETS[key] if from_preset else text)
+    tokens = _tokens(PRESETS[key] if key in PRESETS else text)
     declared: tuple[int, int] | None = None
     layers: list[LayerSpec] = []
     for i, raw in enumerate(tokens, start=1):
@@ -148,16 +147,8 @@ def parse_spec(text: str, n_classes: int | None = None) -> NetworkSpec:
     if n_classes is not None:
         if n_classes < 2:
             raise SpecError(f"a classifier needs at least 2 classes, got {n_classes}")
-        if layers[-1].kind != "fc":
+        if layers[-1].kind != "fc" or layers[-1].maps != n_classes:
             layers.append(LayerSpec("fc", (1, 1), n_classes))
-        elif layers[-1].maps != n_classes:
-            if from_preset:
-                layers.append(LayerSpec("fc", (1, 1), n_classes))
-            else:
-                raise SpecError(
-                    f"the spec ends in FC{layers[-1].maps} but there are {n_classes} classes; "
-                    f"end it with FC{n_classes} or leave the last FC out"
-                )
     if layers[-1].kind != "fc":
         raise SpecError(f"the last layer must be FC<classes>, got '{layers[-1]}'")
     if layers[-1].maps < 2:
