@@ -1,5 +1,11 @@
 """The MPF engine: NumPy + Numba, no napari, no Qt. See README.md for the API and the model file."""
 
+import os
+
+# Numba's OpenMP threads spin after each parallel loop and starve OpenBLAS's threads (the wide layers
+# run on BLAS): a passive wait policy, read once when libgomp loads, avoids a several-fold slow-down.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .inputs import InputError, as_image, as_labels
 from .loss import loss_and_gradients, masked_cross_entropy
 from .model import Model

@@ -11,7 +11,7 @@ Layout rules for images:
 
 - ``(H, W)``: one grayscale image;
 - ``(H, W, 3|4)``: one RGB(A) image, returned channels first ``(C, H, W)``; a constant alpha
-  channel is dropped;
+  channel is dropped (a PNG/JPEG's last axis is always colour: gray+alpha too);
 - ``(Z, H, W)``: a stack of ``Z`` grayscale images (or, with ``channels_first=True``, one
   ``(C, H, W)`` image);
 - ``(Z, H, W, 3|4)``: a stack of RGB(A) images; ``(Z, C, H, W)`` with ``channels_first=True``.
@@ -203,7 +203,13 @@ def read_array(
         elif ext in _IMAGEIO:
             import imageio.v3 as iio
 
-            arr = iio.imread(p)
+            if role == "labels" and ext == ".png":
+                from PIL import Image
+
+                with Image.open(p) as im:  # palette (indexed) masks: keep the indices, not colours
+                    arr = np.asarray(im) if im.mode in ("P", "L", "I", "I;16", "1") else iio.imread(p, plugin="pillow")
+            else:
+                arr = iio.imread(p, plugin="pillow")
             name = str(p)
         elif ext == ".npy":
             arr = np.load(p, allow_pickle=False)
@@ -256,10 +262,10 @@ def _crop(arr: np.ndarray, crop: tuple[slice, slice] | None, name: str) -> np.nd
 
 
 def _drop_constant_alpha(img: np.ndarray) -> np.ndarray:
-    """``(4, H, W)`` with a constant last channel -> ``(3, H, W)``."""
-    if img.shape[0] == 4 and img[3].min() == img[3].max():
-        return img[:3]
-    return img
+    """``(4, H, W)`` RGBA or ``(2, H, W)`` gray+alpha with a constant alpha channel: drop it."""
+    if img.shape[0] in (2, 4) and img[-1].min() == img[-1].max():
+        img = img[:-1]
+    return img[0] if img.shape[0] == 1 else img
 
 
 def read_images(
@@ -281,6 +287,8 @@ def read_images(
         arr = arr.astype(np.uint8)
     nd = arr.ndim
     rgb_last = nd >= 3 and arr.shape[-1] in (3, 4) and min(arr.shape[-3:-1]) > 4
+    if nd == 3 and Path(path).suffix.lower() in _IMAGEIO and not channels_first:
+        rgb_last = True  # PNG/JPEG hold one image: the last axis is colour (LA, RGB, RGBA)
     if nd == 2 or (nd == 3 and (channels_first or rgb_last)):
         if sel is not None:
             kind = "(C, H, W) image" if nd == 3 and channels_first else "single image"
@@ -451,7 +459,8 @@ def write_array(
             elif ext in (".tif", ".tiff"):
                 import tifffile
 
-                tifffile.imwrite(fh, a)
+                # never RGB: (3, H, W) probabilities are three planes, not a colour image
+                tifffile.imwrite(fh, a, photometric="minisblack")
             else:
                 import imageio.v3 as iio
 

@@ -12,7 +12,7 @@ from numba import njit, prange
 ACT_NONE, ACT_TANH, ACT_RELU = 0, 1, 2
 ACTIVATIONS = {"none": ACT_NONE, "tanh": ACT_TANH, "relu": ACT_RELU}
 
-_OPTS = dict(cache=True, nogil=True)
+_OPTS = dict(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
 
 
 @njit(parallel=True, **_OPTS)
@@ -162,3 +162,54 @@ def mpf_backward(grad_out, arg, ph, pw, grad_in):
                     code = arg[fo, c, i, j]
                     grad_in[f, c, y0 + code // pw, rx + j * pw + code % pw] += grad_out[fo, c, i, j]
     return grad_in
+
+
+@njit(parallel=True, **_OPTS)
+def im2col(x, f, y0, y1, kh, kw, wo, cols):
+    """``cols[(i*kh + ky)*kw + kx, (y - y0)*wo + c] = x[f, i, y + ky, c + kx]`` for rows ``y0 <= y < y1``."""
+    n_in = x.shape[1]
+    for r in prange(n_in * kh * kw):
+        i = r // (kh * kw)
+        ky = (r // kw) % kh
+        kx = r % kw
+        for y in range(y0, y1):
+            base = (y - y0) * wo
+            src = x[f, i, y + ky]
+            for c in range(wo):
+                cols[r, base + c] = src[c + kx]
+    return cols
+
+
+@njit(parallel=True, **_OPTS)
+def col2im_add(dcols, f, y0, y1, kh, kw, wo, grad_in):
+    """Adjoint of :func:`im2col`: ``grad_in[f, i, y + ky, c + kx] += dcols[...]``."""
+    n_in = grad_in.shape[1]
+    for i in prange(n_in):
+        for ky in range(kh):
+            for kx in range(kw):
+                r = (i * kh + ky) * kw + kx
+                for y in range(y0, y1):
+                    base = (y - y0) * wo
+                    dst = grad_in[f, i, y + ky]
+                    for c in range(wo):
+                        dst[c + kx] += dcols[r, base + c]
+    return grad_in
+
+
+@njit(parallel=True, **_OPTS)
+def bias_act_store(tmp, b, act, f, y0, out):
+    """``out[f, o, y0 + y, c] = act(tmp[o, y*wo + c] + b[o])``."""
+    n_out, wo = tmp.shape[0], out.shape[3]
+    rows = tmp.shape[1] // wo
+    for t in prange(n_out * rows):
+        o = t // rows
+        y = t % rows
+        dst = out[f, o, y0 + y]
+        for c in range(wo):
+            v = tmp[o, y * wo + c] + b[o]
+            if act == ACT_TANH:
+                v = np.tanh(v)
+            elif act == ACT_RELU and v < 0:
+                v = 0
+            dst[c] = v
+    return out

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import gemm
 from . import kernels as K
 from .model import Model
 
@@ -89,7 +90,8 @@ def forward(
             n_param += 1
             kh, kw = wgt.shape[2:]
             out = np.empty((f, wgt.shape[0], h - kh + 1, w - kw + 1), dtype)
-            K.conv_forward(x, wgt, bias, _act_code(model, li == n_layers - 1), out)
+            conv = gemm.conv_forward if gemm.use_gemm(wgt) else K.conv_forward
+            conv(x, wgt, bias, _act_code(model, li == n_layers - 1), out)
             if keep:
                 outputs.append(out)
         x = out
@@ -160,11 +162,14 @@ def backward(
             K.activation_backward(grad, cache.outputs[li], act)
         wgt = model.weights[n_param]
         gw = np.empty(wgt.shape, dtype)
-        K.conv_backward_weights(x_in, grad, gw)
-        grad_w[n_param] = gw
         grad_b[n_param] = grad.sum(axis=(0, 2, 3), dtype=np.float64).astype(dtype)
-        if li > 0:
-            grad_in = np.empty(x_in.shape, dtype)
-            K.conv_backward_input(grad, wgt, grad_in)
-            grad = grad_in
+        grad_in = np.empty(x_in.shape, dtype) if li > 0 else None
+        if gemm.use_gemm(wgt):
+            gemm.conv_backward(x_in, grad, wgt, gw, grad_in)
+        else:
+            K.conv_backward_weights(x_in, grad, gw)
+            if grad_in is not None:
+                K.conv_backward_input(grad, wgt, grad_in)
+        grad_w[n_param] = gw
+        grad = grad_in
     return grad_w, grad_b

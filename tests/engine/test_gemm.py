@@ -1,0 +1,46 @@
+"""The BLAS (im2col + sgemm) convolution path equals the direct Numba kernels."""
+
+import numpy as np
+import pytest
+
+from napari_mpf.engine import Model, loss_and_gradients, predict_logits
+from napari_mpf.engine import gemm
+from napari_mpf.engine import kernels as K
+
+
+@pytest.mark.parametrize("act", [K.ACT_NONE, K.ACT_TANH, K.ACT_RELU])
+def test_gemm_conv_equals_direct_kernels(act, monkeypatch):
+    monkeypatch.setattr(gemm, "TILE_ELEMENTS", 200)  # force several row tiles
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5, 21, 19))
+    w = rng.normal(size=(6, 5, 3, 4))
+    b = rng.normal(size=6)
+    direct, blas = np.empty((3, 6, 19, 16)), np.empty((3, 6, 19, 16))
+    K.conv_forward(x, w, b, act, direct)
+    gemm.conv_forward(x, w, b, act, blas)
+    np.testing.assert_allclose(blas, direct, rtol=1e-12, atol=1e-12)
+
+    g = rng.normal(size=direct.shape)
+    gw_direct, gw_blas = np.empty(w.shape), np.empty(w.shape)
+    gi_direct, gi_blas = np.empty(x.shape), np.empty(x.shape)
+    K.conv_backward_weights(x, g, gw_direct)
+    K.conv_backward_input(g, w, gi_direct)
+    gemm.conv_backward(x, g, w, gw_blas, gi_blas)
+    np.testing.assert_allclose(gw_blas, gw_direct, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(gi_blas, gi_direct, rtol=1e-12, atol=1e-12)
+
+
+def test_network_gives_the_same_result_on_both_paths(monkeypatch):
+    rng = np.random.default_rng(1)
+    model = Model.create("C3x3x6, MPF2x2, C3x3x8, MPF2x2, C2x2x8, FC10", 2, 3, seed=0, dtype=np.float64)
+    image = rng.normal(size=(2, 29, 22))
+    labels = rng.integers(0, 4, size=(29, 22)) * (rng.random((29, 22)) < 0.3)
+    results = []
+    for threshold in (10**9, 0):  # never BLAS, always BLAS
+        monkeypatch.setattr(gemm, "GEMM_MIN_K", threshold)
+        results.append((predict_logits(model, image), loss_and_gradients(model, image, labels)))
+    (la, (lossa, gwa, gba)), (lb, (lossb, gwb, gbb)) = results
+    np.testing.assert_allclose(lb, la, rtol=1e-11, atol=1e-12)
+    assert lossa == pytest.approx(lossb, rel=1e-12)
+    for a, b in zip(gwa + gba, gwb + gbb, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
