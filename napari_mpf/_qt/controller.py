@@ -1,0 +1,494 @@
+"""The trainer's logic on napari layers, without Qt: gather strokes, build the trainer, write outputs.
+
+:class:`Controller` is what :class:`~napari_mpf._qt.trainer_widget.TrainerWidget` calls; tests can
+drive it directly (run its generators synchronously). Output layers are found and updated in place
+by name: ``"<image> p(<class>)"``, ``"<image> segmentation"``, ``"<image> objects"``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from napari.layers import Image, Labels, Layer
+
+from .. import __version__
+from .._layer_style import (
+    DEFAULT_CLASS_NAMES,
+    class_colormap,
+    class_features,
+    class_names_from_features,
+)
+from ..engine import InputError, Model, SpecError, parse_spec, predict_proba, segment
+from ..engine.objects import ObjectCounts, count_objects
+
+__all__ = ["UserError", "TrainSettings", "ImageInfo", "TrainingSet", "Controller", "OUTPUT_KEY"]
+
+#: metadata key marking layers written by this plugin (value: the role).
+OUTPUT_KEY = "napari_mpf"
+
+#: probability colormap per class label value (class 1, background, gets none).
+PROB_COLORMAPS = {2: "yellow", 3: "red", 4: "green", 5: "magenta", 6: "cyan", 7: "blue"}
+
+
+class UserError(ValueError):
+    """Something the user can fix; the message is shown as a napari notification."""
+
+
+@dataclass
+class TrainSettings:
+    """What the widget's controls say (see :class:`napari_mpf.engine.TrainConfig`)."""
+
+    spec: str = "fast"
+    activation: str = "tanh"
+    optimizer: str = "adam"
+    steps: int = 200
+    lr: float | None = None
+    augment: bool = True
+    seed: int = 0
+    preview_every: int = 10
+    continue_training: bool = True
+    class_names: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """How an Image layer maps to engine images: ``shape`` is (H, W), ``n_slices`` 0 for 2D."""
+
+    shape: tuple[int, int]
+    n_slices: int
+    channels: int
+    rgb: bool
+
+    @property
+    def is_stack(self) -> bool:
+        return self.n_slices > 0
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return (self.n_slices, *self.shape) if self.is_stack else self.shape
+
+
+@dataclass
+class TrainingSet:
+    """Copies of the painted slices, ready for the engine."""
+
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    origins: list[tuple[str, int | None]]
+    layers: list[Layer]
+    class_names: list[str]
+    in_channels: int
+    n_classes: int
+    preview_index: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_painted(self) -> int:
+        return int(sum(np.count_nonzero(lab) for lab in self.labels))
+
+
+def _kind(layer) -> str:
+    return type(layer).__name__
+
+
+def _channels_word(c: int) -> str:
+    return "grayscale (1 channel)" if c == 1 else ("RGB (3 channels)" if c == 3 else f"{c} channels")
+
+
+class Controller:
+    """Plain-Python logic of the trainer widget for one viewer."""
+
+    def __init__(self, viewer) -> None:
+        self.viewer = viewer
+        self.model: Model | None = None
+        self.trainer = None
+        self.training_set: TrainingSet | None = None
+        self.last_counts: ObjectCounts | None = None
+
+    # ----------------------------------------------------------------- layers -> arrays
+    def image_info(self, layer) -> ImageInfo:
+        """Check that ``layer`` is an image this plugin can use and describe its geometry."""
+        if layer is None:
+            raise UserError("No image layer: open an image (or File > Open Sample > napari-mpf) and pick it as the image.")
+        if not isinstance(layer, Image):
+            raise UserError(f"'{layer.name}' is a {_kind(layer)} layer; pick an Image layer as the image.")
+        if layer.multiscale:
+            raise UserError(f"'{layer.name}' is a multiscale image; napari-mpf needs a single-resolution image.")
+        shape = tuple(layer.data.shape)
+        if layer.rgb:
+            channels = 3
+            spatial = shape[:-1]
+        else:
+            channels = 1
+            spatial = shape
+        if len(spatial) == 2:
+            return ImageInfo(tuple(spatial), 0, channels, layer.rgb)
+        if len(spatial) == 3:
+            return ImageInfo(tuple(spatial[1:]), spatial[0], channels, layer.rgb)
+        raise UserError(
+            f"'{layer.name}' has shape {shape}; napari-mpf works on (Y, X) images, (Z, Y, X) stacks "
+            "or RGB images (Y, X, 3)."
+        )
+
+    def slice_array(self, layer, z: int | None) -> np.ndarray:
+        """A float32 ``(C, H, W)`` copy of one slice (``z=None`` for 2D) of an Image layer."""
+        data = layer.data if z is None else layer.data[z]
+        arr = np.array(data, dtype=np.float32, copy=True)
+        if layer.rgb:
+            arr = np.moveaxis(arr[..., :3], -1, 0)
+        else:
+            arr = arr[None]
+        if not np.isfinite(arr).all():
+            raise UserError(f"'{layer.name}' contains NaN or infinite values; napari-mpf cannot train on it.")
+        return np.ascontiguousarray(arr)
+
+    def current_slice(self, layer) -> int | None:
+        """The slice of a stack layer shown in the viewer (None for 2D layers)."""
+        info = self.image_info(layer)
+        if not info.is_stack:
+            return None
+        z = layer.world_to_data(self.viewer.dims.point)[0]
+        return int(np.clip(np.round(z), 0, info.n_slices - 1))
+
+    def check_labels(self, image_layer, labels_layer) -> ImageInfo:
+        """Check the ground-truth layer against the image; returns the image's info."""
+        info = self.image_info(image_layer)
+        if labels_layer is None:
+            raise UserError(
+                f"No labels layer for '{image_layer.name}': press 'New labels' and paint a few strokes per class."
+            )
+        if not isinstance(labels_layer, Labels):
+            raise UserError(
+                f"'{labels_layer.name}' is a {_kind(labels_layer)} layer; the strokes must be in a Labels layer "
+                "(press 'New labels')."
+            )
+        if tuple(labels_layer.data.shape) != info.spatial_shape:
+            raise UserError(
+                f"Labels '{labels_layer.name}' have shape {tuple(labels_layer.data.shape)} but image "
+                f"'{image_layer.name}' is {info.spatial_shape}: they must match pixel for pixel "
+                "(press 'New labels' to create a matching layer)."
+            )
+        return info
+
+    def class_names_of(self, labels_layer, n_classes: int, fallback: list[str] | None = None) -> list[str]:
+        """Class names from the labels layer (features or metadata), else ``fallback``, padded."""
+        names = class_names_from_features(getattr(labels_layer, "features", None), n_classes)
+        if names is None:
+            meta = labels_layer.metadata.get("class_names") if labels_layer is not None else None
+            names = list(meta) if meta else None
+        if names is None:
+            names = list(fallback) if fallback else list(DEFAULT_CLASS_NAMES)
+        names = [str(n) for n in names][:n_classes]
+        names += [f"class {k}" for k in range(len(names) + 1, n_classes + 1)]
+        return names
+
+    def paired_labels(self, image_layer):
+        """The Labels layer named ``'<image> labels'``, if any."""
+        name = f"{image_layer.name} labels"
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def gather(
+        self, image_layer, labels_layer, include_pairs: bool = False, class_names: list[str] | None = None
+    ) -> TrainingSet:
+        """Copy every painted slice of ``image_layer`` (and, optionally, of other image layers that
+        have a matching ``'<image> labels'`` layer) into a :class:`TrainingSet`."""
+        info = self.check_labels(image_layer, labels_layer)
+        pairs = [(image_layer, labels_layer, info)]
+        notes: list[str] = []
+        if include_pairs:
+            for layer in self.viewer.layers:
+                if layer is image_layer or not isinstance(layer, Image):
+                    continue
+                lab = self.paired_labels(layer)
+                if lab is None or lab is labels_layer:
+                    continue
+                try:
+                    other = self.check_labels(layer, lab)
+                except UserError as exc:
+                    notes.append(f"skipped '{layer.name}': {exc}")
+                    continue
+                if other.channels != info.channels:
+                    notes.append(
+                        f"skipped '{layer.name}': it is {_channels_word(other.channels)} but "
+                        f"'{image_layer.name}' is {_channels_word(info.channels)}"
+                    )
+                    continue
+                pairs.append((layer, lab, other))
+        images, labels, origins, used = [], [], [], []
+        for img_layer, lab_layer, inf in pairs:
+            data = lab_layer.data
+            if inf.is_stack:
+                flat = np.asarray(data).reshape(inf.n_slices, -1)
+                slices = [int(z) for z in np.flatnonzero(flat.any(axis=1))]
+            else:
+                slices = [None] if np.any(np.asarray(data)) else []
+            for z in slices:
+                lab = np.array(data if z is None else data[z], copy=True)
+                if lab.dtype.kind not in "iub":
+                    raise UserError(f"Labels '{lab_layer.name}' do not hold integers (dtype {lab.dtype}).")
+                images.append(self.slice_array(img_layer, z))
+                labels.append(lab.astype(np.int32))
+                origins.append((img_layer.name, z))
+            if slices:
+                used += [img_layer, lab_layer]
+        if not labels:
+            raise UserError(
+                f"No strokes in '{labels_layer.name}': paint a few strokes per class "
+                "(label 1 = background, 2 = foreground, ...) before training."
+            )
+        present = np.unique(np.concatenate([np.unique(lab) for lab in labels]))
+        present = present[present > 0]
+        if present.max() > 255:
+            raise UserError(f"'{labels_layer.name}' uses label {int(present.max())}; at most 255 classes are supported.")
+        if present.size < 2:
+            k = int(present[0])
+            names = self.class_names_of(labels_layer, max(k, 2), class_names)
+            raise UserError(
+                f"Only class {k} ({names[k - 1]}) is painted in '{labels_layer.name}': "
+                "paint strokes of at least two classes."
+            )
+        n_classes = max(int(present.max()), 2)
+        names = self.class_names_of(labels_layer, n_classes, class_names)
+        # preview the shown slice if it is painted, else the nearest painted slice of this image
+        z_now = self.current_slice(image_layer)
+        own = [i for i, (name, _) in enumerate(origins) if name == image_layer.name]
+        preview = min(own, key=lambda i: abs((origins[i][1] or 0) - (z_now or 0))) if own else 0
+        return TrainingSet(images, labels, origins, used, names, info.channels, n_classes, preview, notes)
+
+    # ----------------------------------------------------------------- model and trainer
+    def describe_spec(self, text: str, n_classes: int = 2, in_channels: int = 1) -> tuple[tuple[int, int], int]:
+        """``(window, n_params)`` of a spec or preset; raises :class:`UserError` for a bad spec."""
+        try:
+            spec = parse_spec(text, n_classes)
+        except SpecError as exc:
+            raise UserError(f"Bad network spec: {exc}") from exc
+        n_in, params = in_channels, 0
+        for layer in spec.layers:
+            if layer.kind == "pool":
+                continue
+            params += layer.maps * (n_in * layer.size[0] * layer.size[1] + 1)
+            n_in = layer.maps
+        return spec.window, params
+
+    def model_fits(self, model: Model, tset: TrainingSet, settings: TrainSettings) -> bool:
+        """Whether training can continue from ``model`` for this data and these settings."""
+        try:
+            spec = parse_spec(settings.spec, tset.n_classes)
+        except SpecError:
+            return False
+        return (
+            model.in_channels == tset.in_channels
+            and model.n_classes == tset.n_classes
+            and model.spec.text == spec.text
+            and model.activation == settings.activation
+        )
+
+    def build_model(self, tset: TrainingSet, settings: TrainSettings) -> tuple[Model, bool]:
+        """The model to train: a copy of the current one if it fits and continuing is asked, else new.
+
+        Returns ``(model, continued)``.
+        """
+        if settings.continue_training and self.model is not None and self.model_fits(self.model, tset, settings):
+            model = self.model.copy()
+            model.class_names = list(tset.class_names)
+            return model, True
+        try:
+            model = Model.for_data(
+                tset.images, tset.labels, spec=settings.spec, activation=settings.activation,
+                seed=settings.seed, class_names=tset.class_names,
+            )
+        except SpecError as exc:
+            raise UserError(f"Bad network spec: {exc}") from exc
+        except InputError as exc:
+            raise UserError(str(exc)) from exc
+        return model, False
+
+    def make_trainer(self, tset: TrainingSet, settings: TrainSettings):
+        """A :class:`napari_mpf.engine.Trainer` for ``tset`` (not started)."""
+        from ..engine import TrainConfig, Trainer
+
+        model, continued = self.build_model(tset, settings)
+        config = TrainConfig(
+            steps=int(settings.steps), optimizer=settings.optimizer, lr=settings.lr,
+            augment=bool(settings.augment), seed=int(settings.seed),
+            preview_every=int(settings.preview_every), preview_index=int(tset.preview_index),
+        )
+        try:
+            trainer = Trainer(model, tset.images, tset.labels, config)
+        except (InputError, SpecError) as exc:
+            raise UserError(str(exc)) from exc
+        except ValueError as exc:
+            raise UserError(f"Cannot train: {exc}") from exc
+        self.trainer = trainer
+        self.training_set = tset
+        self._continued = continued
+        return trainer
+
+    def adopt(self, model: Model, tset: TrainingSet | None = None) -> Model:
+        """Make ``model`` (a trainer's last good weights) the current model, with provenance."""
+        model = model.copy()
+        if tset is not None:
+            prov = dict(model.provenance)
+            prov.setdefault("napari_mpf_version", __version__)
+            prov["trained_on"] = sorted({name for name, _ in tset.origins})
+            prov["painted_pixels"] = tset.n_painted
+            prov["trained_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            model.provenance = prov
+        self.model = model
+        return model
+
+    def check_model_fits_image(self, model: Model, image_layer) -> ImageInfo:
+        """Refuse images whose channels differ from the model's (RGB vs grayscale)."""
+        info = self.image_info(image_layer)
+        if info.channels != model.in_channels:
+            raise UserError(
+                f"The model expects {_channels_word(model.in_channels)} images but '{image_layer.name}' is "
+                f"{_channels_word(info.channels)}."
+            )
+        return info
+
+    # ----------------------------------------------------------------- prediction
+    def predict_iter(self, model: Model, image_layer, slices: list[int | None]) -> Iterator[tuple[int | None, np.ndarray]]:
+        """Yield ``(z, probabilities (K, H, W))`` per slice; run it in a worker."""
+        for z in slices:
+            img = self.slice_array(image_layer, z)
+            yield z, predict_proba(model, img)
+
+    def all_slices(self, image_layer) -> list[int | None]:
+        info = self.image_info(image_layer)
+        return list(range(info.n_slices)) if info.is_stack else [None]
+
+    # ----------------------------------------------------------------- output layers
+    def _output(self, name: str, role: str, kind: type, shape: tuple[int, ...], dtype, image_layer, **kwargs):
+        """Find the output layer ``name`` (ours, right type and shape) or add it."""
+        layers = self.viewer.layers
+        if name in layers:
+            layer = layers[name]
+            if layer.metadata.get(OUTPUT_KEY) != role or not isinstance(layer, kind):
+                raise UserError(
+                    f"A layer named '{name}' already exists and was not made by napari-mpf; rename it."
+                )
+            if tuple(layer.data.shape) == tuple(shape):
+                return layer
+            layers.remove(layer)
+        data = np.zeros(shape, dtype)
+        scale = image_layer.scale[-len(shape):]
+        translate = image_layer.translate[-len(shape):]
+        meta = {OUTPUT_KEY: role, "image": image_layer.name}
+        adder = self.viewer.add_image if kind is Image else self.viewer.add_labels
+        return adder(data, name=name, scale=scale, translate=translate, metadata=meta, **kwargs)
+
+    def prob_names(self, image_layer, class_names: list[str]) -> list[tuple[int, str]]:
+        """``(class index k (0-based), layer name)`` of the probability layers (foreground classes)."""
+        return [(k, f"{image_layer.name} p({class_names[k]})") for k in range(1, len(class_names))]
+
+    def show_probabilities(self, image_layer, z: int | None, proba: np.ndarray, class_names: list[str]) -> list[Image]:
+        """Write ``proba`` ``(K, H, W)`` of slice ``z`` into the probability layers (in place)."""
+        info = self.image_info(image_layer)
+        out = []
+        for k, name in self.prob_names(image_layer, class_names):
+            layer = self._output(
+                name, "probability", Image, info.spatial_shape, np.float32, image_layer,
+                colormap=PROB_COLORMAPS.get(k + 1, "gray"), contrast_limits=(0.0, 1.0),
+                blending="additive", opacity=0.7,
+            )
+            if z is None:
+                layer.data[...] = proba[k]
+            else:
+                layer.data[z] = proba[k]
+            done = set(layer.metadata.get("predicted_slices", []))
+            done.add(-1 if z is None else int(z))
+            layer.metadata["predicted_slices"] = sorted(done)
+            layer.metadata["class"] = class_names[k]
+            layer.refresh()
+            out.append(layer)
+        return out
+
+    def show_segmentation(self, image_layer, z: int | None, proba: np.ndarray, class_names: list[str]) -> Labels:
+        """Write the argmax segmentation (labels 1..K) of slice ``z`` into ``'<image> segmentation'``."""
+        info = self.image_info(image_layer)
+        layer = self._output(
+            f"{image_layer.name} segmentation", "segmentation", Labels, info.spatial_shape, np.uint8,
+            image_layer, opacity=0.35, colormap=class_colormap(len(class_names)),
+            features=class_features(class_names),
+        )
+        seg = segment(proba)
+        if z is None:
+            layer.data[...] = seg
+        else:
+            layer.data[z] = seg
+        layer.metadata["class_names"] = list(class_names)
+        if self.model is not None:
+            layer.metadata["model"] = self.model.describe()
+        layer.refresh()
+        return layer
+
+    def count(
+        self,
+        image_layer,
+        class_index: int = 1,
+        threshold: float = 0.5,
+        min_area: int = 1,
+        min_count: int | None = 1,
+        min_pixels: int | None = None,
+    ) -> ObjectCounts:
+        """Objects of class ``class_index`` (0-based) from its probability layer -> ``'<image> objects'``."""
+        names = self.model.class_names if self.model is not None else None
+        prob_layer = None
+        for layer in self.viewer.layers:
+            if (
+                isinstance(layer, Image)
+                and layer.metadata.get(OUTPUT_KEY) == "probability"
+                and layer.metadata.get("image") == image_layer.name
+                and (names is None or layer.metadata.get("class") == names[class_index])
+            ):
+                prob_layer = layer
+                break
+        if prob_layer is None:
+            raise UserError(f"No probability map for '{image_layer.name}' yet: train or apply a model first.")
+        counts = count_objects(
+            np.asarray(prob_layer.data), threshold, min_area, min_count=min_count, min_pixels=min_pixels
+        )
+        info = self.image_info(image_layer)
+        layer = self._output(
+            f"{image_layer.name} objects", "objects", Labels, info.spatial_shape, np.int32, image_layer,
+            opacity=0.6,
+        )
+        features = {"index": counts.features["label"], **counts.features}
+        layer.data = counts.labels
+        layer.features = features
+        summary = counts.summary()
+        summary["class"] = prob_layer.metadata.get("class")
+        if info.is_stack:
+            summary["predicted_slices"] = prob_layer.metadata.get("predicted_slices", [])
+        layer.metadata.update(summary)
+        self.last_counts = counts
+        return counts
+
+    # ----------------------------------------------------------------- labels for the user
+    def create_labels(self, image_layer, class_names: list[str]) -> Labels:
+        """Add an empty ``'<image> labels'`` layer of the right shape with named classes, ready to paint."""
+        info = self.image_info(image_layer)
+        names = [n for n in (class_names or []) if n] or list(DEFAULT_CLASS_NAMES)
+        if len(names) < 2:
+            raise UserError("Give at least two class names, e.g. 'background, membrane'.")
+        name = f"{image_layer.name} labels"
+        if name in self.viewer.layers:
+            existing = self.viewer.layers[name]
+            if isinstance(existing, Labels) and tuple(existing.data.shape) == info.spatial_shape:
+                self.viewer.layers.selection.active = existing
+                return existing
+        layer = self.viewer.add_labels(
+            np.zeros(info.spatial_shape, np.uint8), name=name,
+            scale=image_layer.scale[-len(info.spatial_shape):],
+            translate=image_layer.translate[-len(info.spatial_shape):],
+            features=class_features(names), colormap=class_colormap(len(names)),
+            metadata={"class_names": names}, opacity=0.8,
+        )
+        layer.brush_size = 5
+        layer.selected_label = 1
+        layer.mode = "paint"
+        return layer

@@ -1,0 +1,329 @@
+"""The command line, run in-process: train, predict, info, demo and every user error (exit code 2)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from napari_mpf import cli
+from napari_mpf.engine import load_model, predict_proba, save_model
+from napari_mpf.engine.synthetic import two_texture_sample
+
+TINY = "C3x3x4, MPF2x2, C3x3x4, FC8"  # the output layer FC2 is appended
+REPO = Path(__file__).resolve().parents[1]
+ISBI = REPO.parent / "shared" / "data" / "isbi2012_train.npz"
+
+
+def run(capsys, *argv):
+    """``main(argv)`` -> (exit code, stdout, stderr)."""
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def user_error(capsys, *argv) -> str:
+    """Run a command that must fail cleanly; return its message."""
+    code, _, err = run(capsys, *argv)
+    assert code == 2, err
+    assert err.startswith("napari-mpf: error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tiny synthetic image with strokes as .tif and .npy, a 3-slice stack as .npz."""
+    d = tmp_path_factory.mktemp("cli")
+    s = two_texture_sample((48, 48), seed=1, stroke_length=20)
+    tifffile.imwrite(d / "img.tif", s.image)
+    tifffile.imwrite(d / "strokes.tif", s.strokes)
+    np.save(d / "img.npy", s.image)
+    np.save(d / "strokes.npy", s.strokes)
+    stack = np.stack([two_texture_sample((48, 48), seed=k).image for k in range(3)])
+    np.savez(d / "stack.npz", images=stack, labels=np.stack([two_texture_sample((48, 48), seed=k).strokes for k in range(3)]))
+    return d
+
+
+@pytest.fixture(scope="module")
+def model_file(data):
+    path = data / "model.npz"
+    code = cli.main(["train", "--image", str(data / "img.tif"), "--labels", str(data / "strokes.tif"), "--spec", TINY,
+                     "--steps", "4", "--class-names", "smooth,textured", "--out", str(path), "-q"])
+    assert code == 0
+    return path
+
+
+def train_args(data, *extra, image="img.tif", labels="strokes.tif", out="m.npz"):
+    return ["train", "--image", data / image, "--labels", data / labels, "--spec", TINY, "--steps", "3", "-q",
+            "--out", data / out, *extra]
+
+
+# ----------------------------------------------------------------------------- happy paths
+
+
+def test_train_predict_info(data, model_file, capsys):
+    code, out, err = run(capsys, "train", "--image", data / "img.npy", "--labels", data / "strokes.npy", "--spec", TINY,
+                         "--steps", "3", "--optimizer", "sgd", "--lr", "0.01", "--no-augment", "--seed", "3",
+                         "--out", data / "m2.npz")
+    assert code == 0, err
+    assert "window: 8x8 pixels" in out and "parameters" in out and "final loss" in out and "saved model" in out
+    assert "training" in err  # the progress bar
+
+    code, out, err = run(capsys, "predict", "--model", model_file, "--image", data / "img.tif",
+                         "--out", data / "p.npy", "--segmentation", data / "seg.tif")
+    assert code == 0, err
+    p = np.load(data / "p.npy")
+    assert p.shape == (2, 48, 48) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-5)
+    seg = tifffile.imread(data / "seg.tif")
+    assert seg.shape == (48, 48) and seg.dtype == np.uint8 and set(np.unique(seg)) <= {1, 2}
+    np.testing.assert_array_equal(seg, p.argmax(0) + 1)
+    assert "smooth" in out and "%" in out
+
+    code, out, err = run(capsys, "info", model_file)
+    assert code == 0, err
+    assert "C3x3x4, MPF2x2, C3x3x4, FC8, FC2" in out and "window: 8x8" in out
+    assert "1 = smooth, 2 = textured" in out and "provenance" in out and "normalisation" in out
+    prov = json.loads(out[out.index("{"):])
+    assert prov["cli"]["command"] == "train" and prov["steps"] == 4
+
+
+def test_reloaded_model_predicts_bit_identically(data, model_file, capsys):
+    image = tifffile.imread(data / "img.tif")
+    m = load_model(model_file)
+    expected = predict_proba(m, image)
+    save_model(load_model(model_file), data / "again.npz")
+    assert np.array_equal(predict_proba(load_model(data / "again.npz"), image), expected)
+    for name in ("a.npy", "b.tif"):
+        assert run(capsys, "predict", "--model", model_file, "--image", data / "img.tif", "--out", data / name)[0] == 0
+    assert np.array_equal(np.load(data / "a.npy"), expected)
+    assert np.array_equal(tifffile.imread(data / "b.tif"), expected)
+
+
+def test_stack_with_slices_npz_output(data, model_file, capsys):
+    code, out, err = run(capsys, "predict", "--model", model_file, "--image", data / "stack.npz", "--slices", "1:3",
+                         "--out", data / "p.npz", "--segmentation", data / "seg.npz", "-q")
+    assert code == 0, err
+    with np.load(data / "p.npz") as z:
+        assert z["probabilities"].shape == (2, 2, 48, 48)
+        assert list(z["class_names"]) == ["smooth", "textured"]
+    with np.load(data / "seg.npz") as z:
+        assert z["segmentation"].shape == (2, 48, 48)
+    assert "stack.npz:images[1]" in out and "stack.npz:images[2]" in out
+    # one selected slice of a stack keeps the stack axis
+    assert run(capsys, "predict", "--model", model_file, "--image", data / "stack.npz", "--slices", "0", "--out", data / "one.npy")[0] == 0
+    assert np.load(data / "one.npy").shape == (1, 2, 48, 48)
+
+
+def test_train_on_stack_several_files_and_rgb(data, capsys):
+    code, out, err = run(capsys, *train_args(data, "--image", data / "img.npy", "--labels", data / "strokes.npy",
+                                             "--slices", "0:2", image="stack.npz", labels="stack.npz"))
+    # --slices applies to every file: img.npy is one image, so slicing it is refused
+    assert code == 2 and "selects images of a stack" in err
+    code, out, err = run(capsys, *train_args(data, "--image-key", "images", "--labels-key", "labels", "--slices", "0:2",
+                                             "--crop", "0:40,4:44", image="stack.npz", labels="stack.npz"))
+    assert code == 0, err
+    assert "2 image(s) (40x40)" in out
+    rgb = (np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)
+    iio.imwrite(data / "rgb.png", rgb)
+    code, out, err = run(capsys, *train_args(data, image="rgb.png", labels="strokes.tif", out="rgb_model.npz"))
+    assert code == 0, err
+    assert "3 input channel(s)" in out
+    assert load_model(data / "rgb_model.npz").in_channels == 3
+
+
+def test_label_offset_and_sample_labels(data, capsys):
+    truth = two_texture_sample((48, 48), seed=1).truth - 1  # dense 0/1 mask: 0 is a class too
+    np.save(data / "dense.npy", truth)
+    err = user_error(capsys, *train_args(data, labels="dense.npy"))
+    assert "only class 1 is painted" in err and "--label-offset 1" in err
+    code, out, err = run(capsys, *train_args(data, "--label-offset", "1", "--sample-labels", "0.05", labels="dense.npy"))
+    assert code == 0, err
+    painted = out.split("painted pixels: ")[1].splitlines()[0]
+    counts = [int(c.split()[-1].replace(",", "")) for c in painted.split(", ")]
+    assert abs(sum(counts) - round(0.05 * 48 * 48)) <= 2
+    prov = load_model(data / "m.npz").provenance["cli"]
+    assert prov["label_offset"] == 1 and prov["sample_labels"] == 0.05
+
+
+def test_sample_labels_is_seeded_and_keeps_a_fraction():
+    rng = np.random.default_rng(5)
+    masks = [rng.integers(0, 3, (50, 60)) for _ in range(2)]
+    a = cli._sample_labels(masks, 0.1, seed=7)
+    b = cli._sample_labels(masks, 0.1, seed=7)
+    c = cli._sample_labels(masks, 0.1, seed=8)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(a[0], c[0])
+    for m, s in zip(masks, a, strict=True):
+        assert np.count_nonzero(s) == round(0.1 * np.count_nonzero(m))
+        kept = s > 0
+        np.testing.assert_array_equal(s[kept], m[kept])  # kept pixels keep their class
+
+
+def test_ctrl_c_stops_after_the_step_and_saves(data, capsys, monkeypatch):
+    import signal
+
+    import napari_mpf.engine as engine
+
+    class Interrupted(engine.Trainer):
+        def run(self):
+            gen = super().run()
+            yield next(gen)
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C during step 2: step 2 finishes, then stop
+            yield next(gen)
+            yield next(gen)
+
+    handler = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(engine, "Trainer", Interrupted)
+    code, out, err = run(capsys, *train_args(data, out="int.npz"))
+    assert code == 130
+    assert "trained 2 step(s)" in out and "stopped early" in out and "stopping after this step" in err
+    assert load_model(data / "int.npz").provenance["cli"]["interrupted"] is True
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+
+
+def test_second_ctrl_c_aborts_without_saving(data, capsys, monkeypatch):
+    import signal
+
+    import napari_mpf.engine as engine
+
+    class Aborted(engine.Trainer):
+        def run(self):
+            gen = super().run()
+            yield next(gen)
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            yield next(gen)
+
+    monkeypatch.setattr(engine, "Trainer", Aborted)
+    code, out, err = run(capsys, *train_args(data, out="abort.npz"))
+    assert code == 130 and "aborted" in err
+    assert not (data / "abort.npz").exists()
+
+
+def test_demo_runs(capsys, tmp_path):
+    code, out, err = run(capsys, "demo", "--size", "48", "--seconds", "1", "--steps", "3", "--save", tmp_path, "-q")
+    assert code == 0, err
+    assert "accuracy on the" in out and "region(s)" in out
+    assert (tmp_path / "demo_model.npz").exists() and (tmp_path / "demo_image.tif").exists()
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert "napari-mpf" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == 2
+
+
+# ----------------------------------------------------------------------------- user errors
+
+
+def test_error_missing_file(data, capsys):
+    assert "does not exist" in user_error(capsys, *train_args(data, image="missing.tif"))
+    assert "no such model file" in user_error(capsys, "predict", "--model", data / "none.npz", "--image", data / "img.tif", "--out", data / "x.npy")
+    assert "no such model file" in user_error(capsys, "info", data / "none.npz")
+
+
+def test_error_bad_extensions(data, model_file, capsys):
+    (data / "img.bmp").write_bytes(b"BM")
+    assert "unknown extension '.bmp'" in user_error(capsys, *train_args(data, image="img.bmp"))
+    assert "unknown extension '.pt'" in user_error(capsys, *train_args(data, out="m.pt"))
+    assert "unknown extension '.png'" in user_error(capsys, "predict", "--model", model_file, "--image", data / "img.tif", "--out", data / "p.png")
+    assert "does not exist" in user_error(capsys, "predict", "--model", model_file, "--image", data / "img.tif", "--out", data / "no" / "p.npy")
+
+
+def test_error_output_would_overwrite_an_input(data, model_file, capsys):
+    assert "is also an input file" in user_error(capsys, *train_args(data, out="stack.npz", image="stack.npz", labels="stack.npz"))
+    assert "is also an input file" in user_error(capsys, "predict", "--model", model_file, "--image", data / "img.npy", "--out", data / "img.npy")
+    assert "is also an input file" in user_error(capsys, "predict", "--model", model_file, "--image", data / "img.tif",
+                                                 "--out", data / "same.npz", "--segmentation", data / "same.npz")
+
+
+def test_error_shape_mismatch(data, capsys):
+    np.save(data / "small.npy", np.ones((40, 48), np.uint8))
+    err = user_error(capsys, *train_args(data, labels="small.npy"))
+    assert "48x48" in err and "40x48" in err and "must match" in err
+    assert "give one label file per image" in user_error(capsys, *train_args(data, "--image", data / "img.npy"))
+    np.save(data / "two.npy", np.ones((2, 48, 48), np.uint8))
+    assert "gives 1 image(s)" in user_error(capsys, *train_args(data, labels="two.npy"))
+
+
+def test_error_no_strokes_and_single_class(data, capsys):
+    np.save(data / "empty.npy", np.zeros((48, 48), np.uint8))
+    assert "no painted pixels" in user_error(capsys, *train_args(data, labels="empty.npy"))
+    np.save(data / "one.npy", (tifffile.imread(data / "strokes.tif") > 0).astype(np.uint8))
+    assert "only class 1 is painted" in user_error(capsys, *train_args(data, labels="one.npy"))
+
+
+def test_error_nan_image(data, capsys):
+    img = tifffile.imread(data / "img.tif").copy()
+    img[3, 4] = np.nan
+    np.save(data / "nan.npy", img)
+    assert "NaN" in user_error(capsys, *train_args(data, image="nan.npy"))
+
+
+def test_error_bad_spec_and_preset(data, capsys):
+    assert "not understood" in user_error(capsys, "train", "--image", data / "img.tif", "--labels", data / "strokes.tif",
+                                          "--spec", "C3x3x4, XX2", "--out", data / "m.npz", "-q")
+    assert "unknown preset 'huge'" in user_error(capsys, "train", "--image", data / "img.tif", "--labels", data / "strokes.tif",
+                                                 "--preset", "huge", "--out", data / "m.npz", "-q")
+    assert "class name" in user_error(capsys, *train_args(data, "--class-names", "a,b,c"))
+
+
+def test_error_corrupt_model(data, model_file, capsys):
+    (data / "corrupt.npz").write_bytes(model_file.read_bytes()[:200])
+    for bad in (data / "corrupt.npz", data / "img.tif"):
+        assert "not a napari-mpf model file" in user_error(capsys, "info", bad)
+        assert "not a napari-mpf model file" in user_error(capsys, "predict", "--model", bad, "--image", data / "img.tif", "--out", data / "x.npy")
+
+
+def test_error_npz_key_and_slices(data, model_file, capsys):
+    err = user_error(capsys, "predict", "--model", model_file, "--image", data / "stack.npz", "--image-key", "raw", "--out", data / "x.npy")
+    assert "no array 'raw'" in err and "images, labels" in err
+    assert "stop 9 is outside" in user_error(capsys, "predict", "--model", model_file, "--image", data / "stack.npz", "--slices", "0:9", "--out", data / "x.npy")
+    assert "bad --slices" in user_error(capsys, "predict", "--model", model_file, "--image", data / "stack.npz", "--slices", "a:b", "--out", data / "x.npy")
+
+
+def test_error_channels_do_not_match_model(data, model_file, capsys):
+    iio.imwrite(data / "rgb2.png", np.zeros((48, 48, 3), np.uint8) + np.arange(3, dtype=np.uint8))
+    assert "channel" in user_error(capsys, "predict", "--model", model_file, "--image", data / "rgb2.png", "--out", data / "x.npy")
+
+
+def test_argparse_rejects_bad_numbers(data, capsys):
+    for extra in (["--steps", "0"], ["--sample-labels", "1.5"], ["--lr", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([str(a) for a in train_args(data, *extra)])
+        assert exc.value.code == 2
+        capsys.readouterr()
+
+
+# ----------------------------------------------------------------------------- real data (if present)
+
+
+@pytest.mark.skipif(not ISBI.exists(), reason=f"{ISBI} not present")
+def test_isbi_sparse_labels(tmp_path, capsys):
+    t0 = time.perf_counter()
+    code, out, err = run(capsys, "train", "--image", ISBI, "--image-key", "images", "--labels", ISBI, "--labels-key", "labels",
+                         "--slices", "0:2", "--crop", "0:256,0:256", "--label-offset", "1", "--sample-labels", "0.01",
+                         "--spec", TINY, "--steps", "6", "--class-names", "cell,membrane", "--out", tmp_path / "isbi.npz", "-q")
+    assert code == 0, err
+    painted = out.split("painted pixels: ")[1].splitlines()[0]
+    assert "cell" in painted and "membrane" in painted
+    assert sum(int(c.split()[-1].replace(",", "")) for c in painted.split(", ")) == pytest.approx(2 * 0.01 * 256 * 256, abs=4)
+    code, out, err = run(capsys, "predict", "--model", tmp_path / "isbi.npz", "--image", ISBI, "--image-key", "images",
+                         "--slices", "5", "--out", tmp_path / "p.tif", "--segmentation", tmp_path / "s.tif")
+    assert code == 0, err
+    p = tifffile.imread(tmp_path / "p.tif")
+    assert p.shape == (1, 2, 512, 512) and p.dtype == np.float32 and np.isfinite(p).all()
+    assert tifffile.imread(tmp_path / "s.tif").shape == (1, 512, 512)
+    assert "isbi2012_train.npz:images[5]: cell" in out
+    assert time.perf_counter() - t0 < 60
