@@ -8,15 +8,18 @@ from . import kernels as K
 
 __all__ = ["use_gemm", "conv_forward", "conv_backward"]
 
-#: Layers with at least this many inputs per output (``Cin * kh * kw``) use BLAS.
-GEMM_MIN_K = 64
+#: Layers with at least this many inputs per output (``Cin * kh * kw``) and outputs use BLAS;
+#: narrower ones are faster in the direct Numba kernels.
+GEMM_MIN_K = 256
+GEMM_MIN_OUT = 32
 #: Upper bound on one im2col tile, in elements.
 TILE_ELEMENTS = 1 << 21
 
 
 def use_gemm(weight: np.ndarray) -> bool:
     """Whether a layer with this weight goes through im2col + BLAS."""
-    return weight.shape[1] * weight.shape[2] * weight.shape[3] >= GEMM_MIN_K
+    k = weight.shape[1] * weight.shape[2] * weight.shape[3]
+    return k >= GEMM_MIN_K and weight.shape[0] >= GEMM_MIN_OUT
 
 
 def _row_tiles(ho: int, wo: int, k: int):

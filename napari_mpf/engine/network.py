@@ -51,12 +51,30 @@ class Cache:
     """What the backward pass needs from the forward pass."""
 
     inputs: list  # input of every layer (F, C, H, W)
-    outputs: list  # output of every conv/fc layer (post-activation), or pool args
+    outputs: list  # output of every conv/fc layer, or (output, arg-max) of a pooling
     frag_shape: tuple  # (F, K, h, w) of the last layer
 
 
-def _act_code(model: Model, is_last: bool) -> int:
-    return K.ACT_NONE if is_last else K.ACTIVATIONS[model.activation]
+def _activations(model: Model) -> list[int]:
+    """Activation code applied at the output of each layer.
+
+    The last layer gives logits; a conv followed by pooling leaves its activation to the pooling
+    (max commutes with a monotone activation); float32 uses the fast rational tanh.
+    """
+    code = K.ACTIVATIONS[model.activation]
+    if code == K.ACT_TANH and model.dtype == np.float32:
+        code = K.ACT_TANH_FAST
+    layers = model.spec.layers
+    acts = []
+    for li, layer in enumerate(layers):
+        if li == len(layers) - 1:
+            acts.append(K.ACT_NONE)
+        elif layer.kind == "pool":
+            previous = layers[li - 1].kind if li > 0 else "input"
+            acts.append(code if previous in ("conv", "fc") else K.ACT_NONE)
+        else:
+            acts.append(K.ACT_NONE if layers[li + 1].kind == "pool" else code)
+    return acts
 
 
 def forward(
@@ -72,7 +90,7 @@ def forward(
     x = np.ascontiguousarray(padded, dtype=dtype)[None]
     inputs, outputs = [], []
     n_param = 0
-    n_layers = len(spec.layers)
+    acts = _activations(model)
     for li, layer in enumerate(spec.layers):
         if keep:
             inputs.append(x)
@@ -82,16 +100,16 @@ def forward(
             hn, wn = (h - ph + 1) // ph, (w - pw + 1) // pw
             out = np.empty((ph * pw * f, c, hn, wn), dtype)
             arg = np.empty(out.shape, np.int32)
-            K.mpf_forward(x, ph, pw, out, arg)
+            K.mpf_forward(x, ph, pw, acts[li], out, arg)
             if keep:
-                outputs.append(arg)
+                outputs.append((out, arg))
         else:
             wgt, bias = model.weights[n_param], model.biases[n_param]
             n_param += 1
             kh, kw = wgt.shape[2:]
             out = np.empty((f, wgt.shape[0], h - kh + 1, w - kw + 1), dtype)
             conv = gemm.conv_forward if gemm.use_gemm(wgt) else K.conv_forward
-            conv(x, wgt, bias, _act_code(model, li == n_layers - 1), out)
+            conv(x, wgt, bias, acts[li], out)
             if keep:
                 outputs.append(out)
         x = out
@@ -146,20 +164,22 @@ def backward(
     n_param = len(model.weights)
     grad_w: list = [None] * n_param
     grad_b: list = [None] * n_param
-    n_layers = len(spec.layers)
-    for li in range(n_layers - 1, -1, -1):
+    acts = _activations(model)
+    for li in range(len(spec.layers) - 1, -1, -1):
         layer = spec.layers[li]
         x_in = cache.inputs[li]
         if layer.kind == "pool":
             ph, pw = layer.size
+            out, arg = cache.outputs[li]
+            if acts[li] != K.ACT_NONE:
+                K.activation_backward(grad, out, acts[li])
             grad_in = np.empty(x_in.shape, dtype)
-            K.mpf_backward(grad, cache.outputs[li], ph, pw, grad_in)
+            K.mpf_backward(grad, arg, ph, pw, grad_in)
             grad = grad_in
             continue
         n_param -= 1
-        act = _act_code(model, li == n_layers - 1)
-        if act != K.ACT_NONE:
-            K.activation_backward(grad, cache.outputs[li], act)
+        if acts[li] != K.ACT_NONE:
+            K.activation_backward(grad, cache.outputs[li], acts[li])
         wgt = model.weights[n_param]
         gw = np.empty(wgt.shape, dtype)
         grad_b[n_param] = grad.sum(axis=(0, 2, 3), dtype=np.float64).astype(dtype)

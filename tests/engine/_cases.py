@@ -31,7 +31,7 @@ CASES = [
     ("fast-relu-7x9", "fast", 2, 3, "relu", (7, 9), "dense"),
     # larger maps: row lengths beyond typical vector / tile widths
     ("medium-mpf2-tanh-45x70", "C3x3x4, MPF2x2, C3x3x4, MPF2x2, C2x2x3, FC6, FC3", 1, 3, "tanh", (45, 70), "dense"),
-    ("medium-steel-relu-26x37", "steel", 1, 2, "relu", (26, 37), "sparse"),
+    ("medium-steel-relu-10x40", "steel", 1, 2, "relu", (10, 40), "sparse"),
 ]
 
 CASE_IDS = [c[0] for c in CASES]

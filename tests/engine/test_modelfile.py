@@ -60,7 +60,7 @@ def test_bad_files_give_clear_errors(tmp_path, model):
     }
     cases["truncated"][0].write_bytes(raw[: len(raw) // 2])
     cases["text"][0].write_text("hello")
-    for name, (path, message) in cases.items():
+    for path, message in cases.values():
         with pytest.raises(ModelFileError, match=message):
             load_model(path)
 
