@@ -13,7 +13,7 @@ __all__ = ["use_gemm", "conv_forward", "conv_backward"]
 GEMM_MIN_K = 256
 GEMM_MIN_OUT = 32
 #: Upper bound on one im2col tile, in elements.
-TILE_ELEMENTS = 1 << 21
+TILE_ELEMENTS = 1 << 18
 
 
 def use_gemm(weight: np.ndarray) -> bool:
