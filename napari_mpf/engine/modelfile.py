@@ -56,12 +56,17 @@ def save_model(model: Model, path: str | os.PathLike) -> Path:
     arrays["norm_mean"] = np.asarray(model.norm_mean, np.float32)
     arrays["norm_std"] = np.asarray(model.norm_std, np.float32)
     directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ModelFileError(f"{path}: cannot save the model, the folder {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -73,8 +78,11 @@ def save_model(model: Model, path: str | os.PathLike) -> Path:
 def load_model(path: str | os.PathLike) -> Model:
     """Read a model written by :func:`save_model`; raises :class:`ModelFileError` if it cannot."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":
+            raise ModelFileError(f"{path}: not a napari-mpf model file (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

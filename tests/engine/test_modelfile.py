@@ -101,3 +101,19 @@ def test_zip_is_plain_npz(tmp_path, model):
     path = save_model(model, tmp_path / "m.npz")
     with zipfile.ZipFile(path) as z:
         assert all(name.endswith(".npy") for name in z.namelist())
+
+
+def test_saved_file_is_readable_by_others_and_folder_errors_are_clear(tmp_path, model):
+    import os
+    import stat
+
+    path = save_model(model, tmp_path / "m.npz")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    with pytest.raises(ModelFileError, match="does not exist"):
+        save_model(model, tmp_path / "missing" / "m.npz")
+    tif = tmp_path / "image.tif"
+    tif.write_bytes(b"II*\x00" + bytes(100))
+    with pytest.raises(ModelFileError, match="not an .npz archive"):
+        load_model(tif)
