@@ -11,7 +11,7 @@ from .model import Model
 from .network import backward, forward, mirror_indices, padded_size
 from .predict import normalise
 
-__all__ = ["Batch", "batch_loss", "labelled_box", "loss_and_gradients", "make_batch", "masked_cross_entropy"]
+__all__ = ["Batch", "batch_loss", "crop_box", "labelled_box", "loss_and_gradients", "make_batch", "masked_cross_entropy"]
 
 
 def masked_cross_entropy(
@@ -78,13 +78,17 @@ class Batch:
     labels: np.ndarray  # (oh, ow) int32, 0 outside the image
 
 
-def make_batch(model: Model, x: np.ndarray, lab: np.ndarray) -> Batch:
-    """Crop a normalised image ``(C, H, W)`` and its labels to the box of painted pixels (exactly)."""
+def make_batch(model: Model, x: np.ndarray, lab: np.ndarray, crop: tuple[int, int] | None = None) -> Batch:
+    """Cut a normalised image ``(C, H, W)`` and its labels to the box of painted pixels, or to the
+    output box ``crop = (y0, x0)`` of at most ``crop_size`` pixels (see :func:`crop_box`).
+
+    Exact: the mirror padding is that of the whole image, whatever the box.
+    """
     _, h, w = x.shape
     py, px = model.spec.pool_factor
     wh, ww = model.window
     limit = (h + py - 1, w + px - 1)
-    y0, x0, oh, ow = labelled_box(lab, (py, px), limit)
+    y0, x0, oh, ow = labelled_box(lab, (py, px), limit) if crop is None else crop
     rows = mirror_indices(h, wh // 2, limit[0] - h + wh - 1 - wh // 2)[y0 : y0 + oh + wh - 1]
     cols = mirror_indices(w, ww // 2, limit[1] - w + ww - 1 - ww // 2)[x0 : x0 + ow + ww - 1]
     padded = np.ascontiguousarray(x[:, rows[:, None], cols[None, :]], dtype=model.dtype)
@@ -92,6 +96,24 @@ def make_batch(model: Model, x: np.ndarray, lab: np.ndarray) -> Batch:
     part = lab[y0 : y0 + oh, x0 : x0 + ow]
     box_labels[: part.shape[0], : part.shape[1]] = part
     return Batch(padded, box_labels)
+
+
+def crop_box(model: Model, lab: np.ndarray, size: int, rng: np.random.Generator) -> tuple[int, int, int, int] | None:
+    """A random output box of about ``size`` x ``size`` pixels holding at least one painted pixel
+    (``None`` when the painted pixels already fit in such a box)."""
+    h, w = lab.shape
+    py, px = model.spec.pool_factor
+    limit = (h + py - 1, w + px - 1)
+    y0, x0, oh, ow = labelled_box(lab, (py, px), limit)
+    if oh <= size and ow <= size:
+        return None
+    ys, xs = np.nonzero(lab)
+    k = int(rng.integers(ys.size))
+    ch, cw = min(size, oh), min(size, ow)
+    ch, cw = padded_size(ch, py), padded_size(cw, px)
+    top = int(np.clip(ys[k] - rng.integers(ch), 0, max(0, limit[0] - ch)))
+    left = int(np.clip(xs[k] - rng.integers(cw), 0, max(0, limit[1] - cw)))
+    return top, left, ch, cw
 
 
 def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool = True):

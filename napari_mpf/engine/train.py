@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .inputs import InputError, check_training_pairs
-from .loss import Batch, batch_loss, make_batch
+from .loss import Batch, batch_loss, crop_box, make_batch
 from .model import Model
 from .optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
 from .predict import normalise, predict_proba
@@ -29,6 +29,9 @@ class TrainConfig:
     ``schedule``: ``"cosine"`` decays the learning rate to 10% over the run, ``"constant"`` keeps it.
     ``preview_every``: every that many steps (and at the last step) a :class:`Progress` carries the
     probabilities of image ``preview_index``; 0 = only on request.
+    ``crop``: when the painted pixels spread over more than ``crop`` x ``crop`` pixels, each step
+    trains on a random box of that size around a painted pixel (much faster steps on large images;
+    ``None`` = always the whole box of painted pixels).
     """
 
     steps: int = 200
@@ -41,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     preview_every: int = 0
     preview_index: int = 0
+    crop: int | None = 256
 
     def check(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -49,6 +53,8 @@ class TrainConfig:
             raise InputError(f"steps must be at least 1, got {self.steps}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"the learning rate must be a positive number, got {self.lr}")
+        if self.crop is not None and int(self.crop) < 8:
+            raise InputError(f"crop must be at least 8 pixels (or None), got {self.crop}")
         if self.schedule not in ("cosine", "constant"):
             raise InputError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
 
@@ -116,7 +122,7 @@ class Trainer:
         provenance.setdefault("steps", 0)
         provenance.update(
             optimizer=cfg.optimizer, lr=base_lr, schedule=cfg.schedule, augment=cfg.augment,
-            balance=cfg.balance, seed=cfg.seed,
+            balance=cfg.balance, seed=cfg.seed, crop=cfg.crop,
         )
         for step in range(1, int(cfg.steps) + 1):
             if not order:
@@ -125,7 +131,9 @@ class Trainer:
             x, lab = xs[index], self.labels[index]
             if cfg.augment:
                 x, lab = _dihedral(x, lab, int(rng.integers(8)))
-            batch = make_batch(model, np.ascontiguousarray(x), np.ascontiguousarray(lab))
+            lab = np.ascontiguousarray(lab)
+            box = crop_box(model, lab, int(cfg.crop), rng) if cfg.crop else None
+            batch = make_batch(model, np.ascontiguousarray(x), lab, box)
             lr = base_lr * _schedule(cfg.schedule, step, int(cfg.steps))
             loss = self._step(opt, theta, views, batch, lr)
             if math.isfinite(loss):

@@ -150,3 +150,27 @@ def test_user_labels_are_not_modified(sample):
     model = Model.for_data([sample.image], [strokes], spec=TINY)
     fit(model, [sample.image], [strokes], TrainConfig(steps=3))
     np.testing.assert_array_equal(strokes, sample.strokes)
+
+
+def test_crops_are_exact_boxes_of_the_whole_image():
+    """A cropped batch gives the same loss as the whole image restricted to the crop's labels."""
+    from napari_mpf.engine.loss import batch_loss, crop_box, make_batch
+
+    rng = np.random.default_rng(0)
+    model = Model.create(TINY, 1, 2, seed=0, dtype=np.float64)
+    x = rng.normal(size=(1, 61, 47))
+    lab = np.zeros((61, 47), np.int32)
+    lab[rng.random((61, 47)) < 0.05] = 1
+    lab[rng.random((61, 47)) < 0.05] = 2
+    for _ in range(5):
+        box = crop_box(model, lab, 16, rng)
+        y0, x0, oh, ow = box
+        assert oh <= 16 and ow <= 16 and lab[y0 : y0 + oh, x0 : x0 + ow].any()
+        inside = np.zeros_like(lab)
+        inside[y0 : y0 + oh, x0 : x0 + ow] = lab[y0 : y0 + oh, x0 : x0 + ow]
+        cropped = batch_loss(model, make_batch(model, x, lab, box))
+        whole = batch_loss(model, make_batch(model, x, inside))
+        assert cropped[0] == pytest.approx(whole[0], rel=1e-12)
+        for a, b in zip(cropped[1], whole[1], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-13)
+    assert crop_box(model, lab, 64, rng) is None
