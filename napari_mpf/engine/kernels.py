@@ -18,10 +18,7 @@ _OPTS = dict(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
 @njit(inline="always", **_OPTS)
 def tanh_fast(x):
     """float32 tanh as a rational function (Eigen's coefficients; error a few ulp), vectorisable."""
-    if x > 7.90531110763549805:
-        x = 7.90531110763549805
-    elif x < -7.90531110763549805:
-        x = -7.90531110763549805
+    x = min(max(x, -7.90531110763549805), 7.90531110763549805)
     x2 = x * x
     p = x2 * -2.76076847742355e-16 + 2.00018790482477e-13
     p = x2 * p + -8.60467152213735e-11
@@ -36,14 +33,17 @@ def tanh_fast(x):
 
 
 @njit(inline="always", **_OPTS)
-def activate(v, act):
+def activate_row(row, n, act):
+    """In place on ``row[:n]``; one loop per activation so that each loop vectorises."""
     if act == ACT_TANH_FAST:
-        return tanh_fast(v)
-    if act == ACT_TANH:
-        return np.tanh(v)
-    if act == ACT_RELU and v < 0:
-        return v * 0
-    return v
+        for c in range(n):
+            row[c] = tanh_fast(row[c])
+    elif act == ACT_TANH:
+        for c in range(n):
+            row[c] = np.tanh(row[c])
+    elif act == ACT_RELU:
+        for c in range(n):
+            row[c] = max(row[c], row[c] * 0)
 
 
 @njit(parallel=True, **_OPTS)
@@ -65,9 +65,7 @@ def conv_forward(x, w, b, act, out):
                         wv = w[o, i, ky, kx]
                         for c in range(wo):
                             row[c] += wv * src[c + kx]
-            if act != ACT_NONE:
-                for c in range(wo):
-                    row[c] = activate(row[c], act)
+            activate_row(row, wo, act)
     return out
 
 
@@ -166,8 +164,9 @@ def mpf_forward(x, ph, pw, act, out, arg):
                         if v > best:
                             best = v
                             code = a * pw + bb
-                out[fo, c, i, j] = activate(best, act)
+                out[fo, c, i, j] = best
                 arg[fo, c, i, j] = code
+            activate_row(out[fo, c, i], wn, act)
     return out
 
 
@@ -234,5 +233,83 @@ def bias_act_store(tmp, b, act, f, y0, out):
         y = t % rows
         dst = out[f, o, y0 + y]
         for c in range(wo):
-            dst[c] = activate(tmp[o, y * wo + c] + b[o], act)
+            dst[c] = tmp[o, y * wo + c] + b[o]
+        activate_row(dst, wo, act)
+    return out
+
+
+@njit(parallel=True, **_OPTS)
+def bias_grad(grad, out):
+    """``out[o] = sum_{f, y, c} grad[f, o, y, c]`` (rows summed in the array's dtype, then in float64)."""
+    n_frag, n_maps, h, w = grad.shape
+    for o in prange(n_maps):
+        total = 0.0
+        for f in range(n_frag):
+            for y in range(h):
+                row = grad[f, o, y]
+                s = row[0] * 0
+                for c in range(w):
+                    s += row[c]
+                total += s
+        out[o] = total
+    return out
+
+
+@njit(parallel=True, **_OPTS)
+def softmax_cross_entropy(logits, labels, class_weight, grad, row_loss):
+    """Weighted cross-entropy of the softmax over axis 0 of ``logits (K, H, W)`` at painted pixels.
+
+    ``labels`` 0 = unpainted, k = output k - 1; the pixel weight is ``class_weight[k - 1]``.
+    Writes ``grad`` (zero at unpainted pixels) and the loss of every row into ``row_loss``.
+    """
+    n_classes, h, w = logits.shape
+    for y in prange(h):
+        acc = 0.0
+        for x in range(w):
+            k = labels[y, x]
+            if k == 0:
+                for j in range(n_classes):
+                    grad[j, y, x] = 0
+                continue
+            top = logits[0, y, x]
+            for j in range(1, n_classes):
+                top = max(top, logits[j, y, x])
+            total = 0.0
+            for j in range(n_classes):
+                total += np.exp(np.float64(logits[j, y, x] - top))
+            weight = class_weight[k - 1]
+            acc += weight * (np.log(total) - (logits[k - 1, y, x] - top))
+            for j in range(n_classes):
+                p = np.exp(np.float64(logits[j, y, x] - top)) / total
+                grad[j, y, x] = weight * (p - (1.0 if j == k - 1 else 0.0))
+        row_loss[y] = acc
+    return grad
+
+
+# 1x1 convolutions (FC layers after the last pooling) on flattened planes ``(F, C, H*W)``: long
+# contiguous loops in blocks that stay in L1, instead of many short rows. (Their gradients are
+# plain matrix products: see network.backward.)
+_BLOCK = 1024
+
+
+@njit(parallel=True, **_OPTS)
+def conv1x1_forward(x, w, b, act, out):
+    """``out[f, o, n] = act(b[o] + sum_i w[o, i] * x[f, i, n])``."""
+    n_frag, n_in, n = x.shape
+    n_out = w.shape[0]
+    n_blocks = (n + _BLOCK - 1) // _BLOCK
+    for t in prange(n_frag * n_out * n_blocks):
+        blk = t % n_blocks
+        o = (t // n_blocks) % n_out
+        f = t // (n_blocks * n_out)
+        lo = blk * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        dst = out[f, o, lo:hi]
+        dst[:] = b[o]
+        for i in range(n_in):
+            wv = w[o, i]
+            src = x[f, i, lo:hi]
+            for c in range(hi - lo):
+                dst[c] += wv * src[c]
+        activate_row(dst, hi - lo, act)
     return out

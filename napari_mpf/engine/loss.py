@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .inputs import as_labels
+from .kernels import softmax_cross_entropy
 from .model import Model
 from .network import backward, forward, mirror_indices, padded_size
 from .predict import normalise
@@ -23,24 +24,21 @@ def masked_cross_entropy(
     loss of their pixels); otherwise the mean over all painted pixels.
     """
     n_classes = logits.shape[0]
-    grad = np.zeros_like(logits)
-    ys, xs = np.nonzero(labels)
-    if ys.size == 0:
+    labels = np.ascontiguousarray(labels, dtype=np.int32)
+    counts = np.bincount(labels.ravel(), minlength=n_classes + 1)[1 : n_classes + 1]
+    painted = int(counts.sum())
+    grad = np.empty_like(logits)
+    if painted == 0:
+        grad[:] = 0
         return 0.0, grad
-    cls = labels[ys, xs] - 1
-    z = logits[:, ys, xs].astype(np.float64)
-    z -= z.max(axis=0, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=0, keepdims=True))
-    counts = np.bincount(cls, minlength=n_classes)
     if balance:
-        weight = 1.0 / (counts[cls] * np.count_nonzero(counts))
+        present = np.count_nonzero(counts)
+        class_weight = np.where(counts > 0, 1.0 / (np.maximum(counts, 1) * present), 0.0)
     else:
-        weight = np.full(cls.size, 1.0 / cls.size)
-    loss = float(-(weight * log_p[cls, np.arange(cls.size)]).sum())
-    g = np.exp(log_p)
-    g[cls, np.arange(cls.size)] -= 1.0
-    grad[:, ys, xs] = g * weight
-    return loss, grad
+        class_weight = np.full(n_classes, 1.0 / painted)
+    row_loss = np.empty(labels.shape[0])
+    softmax_cross_entropy(np.ascontiguousarray(logits), labels, class_weight, grad, row_loss)
+    return float(row_loss.sum()), grad
 
 
 def labelled_box(labels: np.ndarray, factor: tuple[int, int], out_limit: tuple[int, int]):

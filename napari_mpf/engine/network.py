@@ -108,13 +108,22 @@ def forward(
             n_param += 1
             kh, kw = wgt.shape[2:]
             out = np.empty((f, wgt.shape[0], h - kh + 1, w - kw + 1), dtype)
-            conv = gemm.conv_forward if gemm.use_gemm(wgt) else K.conv_forward
-            conv(x, wgt, bias, acts[li], out)
+            if wgt.shape[2:] == (1, 1):
+                K.conv1x1_forward(_flat(x), wgt[:, :, 0, 0], bias, acts[li], _flat(out))
+            elif gemm.use_gemm(wgt):
+                gemm.conv_forward(x, wgt, bias, acts[li], out)
+            else:
+                K.conv_forward(x, wgt, bias, acts[li], out)
             if keep:
                 outputs.append(out)
         x = out
     logits = interleave(x, spec)
     return logits, (Cache(inputs, outputs, x.shape) if keep else None)
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    """``(F, C, H, W)`` -> ``(F, C, H * W)`` view."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
 
 
 def _pool_sizes(spec) -> list[tuple[int, int]]:
@@ -182,9 +191,14 @@ def backward(
             K.activation_backward(grad, cache.outputs[li], acts[li])
         wgt = model.weights[n_param]
         gw = np.empty(wgt.shape, dtype)
-        grad_b[n_param] = grad.sum(axis=(0, 2, 3), dtype=np.float64).astype(dtype)
+        grad_b[n_param] = K.bias_grad(grad, np.empty(grad.shape[1], dtype))
         grad_in = np.empty(x_in.shape, dtype) if li > 0 else None
-        if gemm.use_gemm(wgt):
+        if wgt.shape[2:] == (1, 1):  # plain matrix products (BLAS)
+            g = _flat(grad)
+            gw[:, :, 0, 0] = np.matmul(g, _flat(x_in).transpose(0, 2, 1)).sum(axis=0)
+            if grad_in is not None:
+                np.matmul(np.ascontiguousarray(wgt[:, :, 0, 0].T), g, out=_flat(grad_in))
+        elif gemm.use_gemm(wgt):
             gemm.conv_backward(x_in, grad, wgt, gw, grad_in)
         else:
             K.conv_backward_weights(x_in, grad, gw)
