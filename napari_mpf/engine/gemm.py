@@ -22,44 +22,43 @@ def use_gemm(weight: np.ndarray) -> bool:
     return k >= GEMM_MIN_K and weight.shape[0] >= GEMM_MIN_OUT
 
 
-def _row_tiles(ho: int, wo: int, k: int):
-    rows = max(1, min(ho, TILE_ELEMENTS // max(1, k * wo)))
-    for y0 in range(0, ho, rows):
-        yield y0, min(ho, y0 + rows)
+def _row_tiles(rows: int, wo: int, k: int):
+    """Tiles of output rows (counted over all fragments: row ``f * ho + y``) of bounded im2col size."""
+    step = max(1, min(rows, TILE_ELEMENTS // max(1, k * wo)))
+    for r0 in range(0, rows, step):
+        yield r0, min(rows, r0 + step)
 
 
 def conv_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, act: int, out: np.ndarray) -> np.ndarray:
     """Same result as :func:`kernels.conv_forward`, via BLAS."""
-    n_frag = x.shape[0]
     n_out, n_in, kh, kw = w.shape
     ho, wo = out.shape[2:]
     k = n_in * kh * kw
     w2 = np.ascontiguousarray(w.reshape(n_out, k))
-    for f in range(n_frag):
-        for y0, y1 in _row_tiles(ho, wo, k):
-            cols = np.empty((k, (y1 - y0) * wo), x.dtype)
-            K.im2col(x, f, y0, y1, kh, kw, wo, cols)
-            K.bias_act_store(w2 @ cols, b, act, f, y0, out)
+    for r0, r1 in _row_tiles(x.shape[0] * ho, wo, k):
+        cols = np.empty((k, (r1 - r0) * wo), x.dtype)
+        K.im2col(x, r0, r1, kh, kw, ho, wo, cols)
+        K.bias_act_store(w2 @ cols, b, act, r0, out)
     return out
 
 
 def conv_backward(x: np.ndarray, grad_out: np.ndarray, w: np.ndarray, grad_w: np.ndarray,
                   grad_in: np.ndarray | None) -> None:
     """Weight gradient (and, if ``grad_in`` is given, input gradient) of a valid convolution."""
-    n_frag = x.shape[0]
     n_out, n_in, kh, kw = w.shape
     ho, wo = grad_out.shape[2:]
     k = n_in * kh * kw
-    w2 = np.ascontiguousarray(w.reshape(n_out, k))
-    gw = np.zeros((n_out, k), np.float64 if x.dtype == np.float64 else np.float32)
+    w2t = np.ascontiguousarray(w.reshape(n_out, k).T)
+    gw = np.zeros((n_out, k), x.dtype)
     if grad_in is not None:
         grad_in[:] = 0
-    for f in range(n_frag):
-        for y0, y1 in _row_tiles(ho, wo, k):
-            cols = np.empty((k, (y1 - y0) * wo), x.dtype)
-            K.im2col(x, f, y0, y1, kh, kw, wo, cols)
-            g = np.ascontiguousarray(grad_out[f, :, y0:y1, :]).reshape(n_out, -1)
-            gw += g @ cols.T
-            if grad_in is not None:
-                K.col2im_add(w2.T @ g, f, y0, y1, kh, kw, wo, grad_in)
+    # (o, f, y, c) order, so that a tile of rows is one strided block per output map
+    g_all = grad_out.transpose(1, 0, 2, 3).reshape(n_out, -1, wo)
+    for r0, r1 in _row_tiles(x.shape[0] * ho, wo, k):
+        cols = np.empty((k, (r1 - r0) * wo), x.dtype)
+        K.im2col(x, r0, r1, kh, kw, ho, wo, cols)
+        g = np.ascontiguousarray(g_all[:, r0:r1]).reshape(n_out, -1)
+        gw += g @ cols.T
+        if grad_in is not None:
+            K.col2im_add(w2t @ g, r0, r1, kh, kw, ho, wo, grad_in)
     grad_w[:] = gw.reshape(grad_w.shape)

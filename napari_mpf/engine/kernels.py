@@ -192,48 +192,53 @@ def mpf_backward(grad_out, arg, ph, pw, grad_in):
 
 
 @njit(parallel=True, **_OPTS)
-def im2col(x, f, y0, y1, kh, kw, wo, cols):
-    """``cols[(i*kh + ky)*kw + kx, (y - y0)*wo + c] = x[f, i, y + ky, c + kx]`` for rows ``y0 <= y < y1``."""
+def im2col(x, r0, r1, kh, kw, ho, wo, cols):
+    """``cols[(i*kh + ky)*kw + kx, (r - r0)*wo + c] = x[f, i, y + ky, c + kx]`` for the output rows
+    ``r0 <= r < r1`` of all fragments, ``r = f * ho + y``."""
     n_in = x.shape[1]
-    for r in prange(n_in * kh * kw):
-        i = r // (kh * kw)
-        ky = (r // kw) % kh
-        kx = r % kw
-        for y in range(y0, y1):
-            base = (y - y0) * wo
+    for q in prange(n_in * kh * kw):
+        i = q // (kh * kw)
+        ky = (q // kw) % kh
+        kx = q % kw
+        for r in range(r0, r1):
+            f = r // ho
+            y = r % ho
+            base = (r - r0) * wo
             src = x[f, i, y + ky]
             for c in range(wo):
-                cols[r, base + c] = src[c + kx]
+                cols[q, base + c] = src[c + kx]
     return cols
 
 
 @njit(parallel=True, **_OPTS)
-def col2im_add(dcols, f, y0, y1, kh, kw, wo, grad_in):
+def col2im_add(dcols, r0, r1, kh, kw, ho, wo, grad_in):
     """Adjoint of :func:`im2col`: ``grad_in[f, i, y + ky, c + kx] += dcols[...]``."""
     n_in = grad_in.shape[1]
     for i in prange(n_in):
         for ky in range(kh):
             for kx in range(kw):
-                r = (i * kh + ky) * kw + kx
-                for y in range(y0, y1):
-                    base = (y - y0) * wo
+                q = (i * kh + ky) * kw + kx
+                for r in range(r0, r1):
+                    f = r // ho
+                    y = r % ho
+                    base = (r - r0) * wo
                     dst = grad_in[f, i, y + ky]
                     for c in range(wo):
-                        dst[c + kx] += dcols[r, base + c]
+                        dst[c + kx] += dcols[q, base + c]
     return grad_in
 
 
 @njit(parallel=True, **_OPTS)
-def bias_act_store(tmp, b, act, f, y0, out):
-    """``out[f, o, y0 + y, c] = act(tmp[o, y*wo + c] + b[o])``."""
-    n_out, wo = tmp.shape[0], out.shape[3]
+def bias_act_store(tmp, b, act, r0, out):
+    """``out[f, o, y, c] = act(tmp[o, (r - r0)*wo + c] + b[o])`` with ``r = f * ho + y``."""
+    n_out, ho, wo = tmp.shape[0], out.shape[2], out.shape[3]
     rows = tmp.shape[1] // wo
     for t in prange(n_out * rows):
         o = t // rows
-        y = t % rows
-        dst = out[f, o, y0 + y]
+        r = r0 + t % rows
+        dst = out[r // ho, o, r % ho]
         for c in range(wo):
-            dst[c] = tmp[o, y * wo + c] + b[o]
+            dst[c] = tmp[o, (r - r0) * wo + c] + b[o]
         activate_row(dst, wo, act)
     return out
 
