@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from . import __version__
 PROG = "napari-mpf"
 _PROB_EXT = (".npy", ".tif", ".tiff", ".npz")
 _SEG_EXT = (".tif", ".tiff", ".png", ".npy", ".npz")
+_PROB_DTYPES = ("uint8", "float16", "float32")
 
 
 class CLIError(Exception):
@@ -108,13 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict",
         help="segment images with a trained model",
-        description="Write class probabilities (K, H, W) per image, (Z, K, H, W) for a stack, float32; optionally the segmentation (labels 1..K).",
+        description=(
+            "Write class probabilities (K, H, W) per image, (Z, K, H, W) for a stack, float32; optionally the "
+            "segmentation (labels 1..K). With --out STORE.zarr the volume is processed chunk by chunk with dask "
+            "(bounded memory, progress, resumable, optionally on a dask.distributed cluster)."
+        ),
     )
     p.add_argument("--model", required=True, metavar="MODEL.npz")
-    p.add_argument("--image", required=True, metavar="FILE")
+    p.add_argument("--image", required=True, metavar="FILE|FOLDER|STORE.zarr", help="image file, zarr store or folder of images (a stack)")
     _add_image_options(p)
-    p.add_argument("--out", required=True, metavar="PROBS", help="probabilities: .npy, .tif or .npz")
-    p.add_argument("--segmentation", metavar="SEG", help="also write the arg-max labels 1..K: .tif, .png, .npy or .npz")
+    p.add_argument("--out", required=True, metavar="PROBS", help="probabilities: .npy, .tif, .npz, or a .zarr store for big volumes")
+    p.add_argument("--segmentation", metavar="SEG", help="also write the arg-max labels 1..K: .tif, .png, .npy or .npz (a .zarr output always holds them)")
+    p.add_argument("--prob-dtype", choices=tuple(_PROB_DTYPES), default=None, help="probabilities as uint8 (p*255), float16 or float32 (default: float32 for files, uint8 for .zarr)")
+    p.add_argument("--counts", metavar="CSV", help="write per-slice object counts (defect present or not) and class fractions as CSV")
+    p.add_argument("--count-class", metavar="CLASS", help="class whose objects are counted: a class name or label 2..K (default: label 2)")
+    p.add_argument("--threshold", type=_fraction, default=0.5, help="probability threshold of an object pixel (default 0.5)")
+    p.add_argument("--min-area", type=_positive_int, default=1, help="smallest object in pixels (default 1)")
+    big = p.add_argument_group("big volumes (--out STORE.zarr)")
+    big.add_argument("--chunks", metavar="N|ROWS,COLS", help="output chunk (tile) size; each reads the window's halo around it (default 1024)")
+    big.add_argument("--scheduler", metavar="WHERE", help="'local' (a local dask.distributed cluster; the default when distributed is installed), 'threads' (the default otherwise) or 'sync' (no cluster), or a scheduler address such as tcp://host:8786")
+    big.add_argument("--workers", type=_positive_int, help="local cluster: number of worker processes (default: one per core)")
+    big.add_argument("--memory-limit", metavar="SIZE", help="local cluster: memory limit per worker, e.g. 2GB (default: dask's)")
+    big.add_argument("--overwrite", action="store_true", help="start again instead of resuming an existing store")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
@@ -355,16 +372,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine import files, load_model, predict_proba, segment
+    from .engine.chunked import encode_probabilities
 
+    if Path(args.out).suffix.lower() == ".zarr":
+        return _predict_zarr(args)
+    for opt in ("chunks", "scheduler", "workers", "memory_limit"):
+        if getattr(args, opt) is not None:
+            raise CLIError(f"--{opt.replace('_', '-')} applies to a .zarr output (big volumes) only")
+    if args.overwrite:
+        raise CLIError("--overwrite applies to a .zarr output (big volumes) only; other outputs are always replaced")
     out = _check_out(args.out, _PROB_EXT, "probabilities file")
     seg_out = _check_out(args.segmentation, _SEG_EXT, "segmentation file") if args.segmentation else None
+    counts_out = _check_out(args.counts, (".csv",), "counts file") if args.counts else None
     _refuse_overwrite(out, [args.image, args.model], "probabilities file")
     if seg_out is not None:
         _refuse_overwrite(seg_out, [args.image, args.model, out], "segmentation file")
     model = load_model(args.model)
+    settings = _count_settings(args, model) if counts_out is not None else None
     imgs = files.read_images(args.image, args.image_key, args.slices, crop=args.crop, channels_first=args.channels_first)
     names = list(model.class_names)
-    probs, segs = [], []
+    probs, segs, rows = [], [], []
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
 
@@ -374,11 +401,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         probs.append(p)
         segs.append(s)
         print(f"{name}: {_fractions_text(s, names)}")
+        if settings is not None:
+            rows.append((name, _count_row(p, settings), np.bincount(s.ravel(), minlength=len(names) + 1)[1:] / s.size))
     elapsed = time.perf_counter() - t0
     prob = np.stack(probs) if imgs.stack else probs[0]
     names_arr = np.array(names, dtype=str)
-    files.write_array(out, prob.astype(np.float32, copy=False), key="probabilities", extra={"class_names": names_arr}, allowed=_PROB_EXT, role="probabilities")
-    print(f"wrote probabilities {tuple(prob.shape)} float32 to {out} ({elapsed:.2f} s for {len(imgs)} image(s))")
+    prob_dtype = args.prob_dtype or "float32"
+    prob = encode_probabilities(prob, prob_dtype)
+    files.write_array(out, prob, key="probabilities", extra={"class_names": names_arr}, allowed=_PROB_EXT, role="probabilities")
+    scale = " (probability = value / 255)" if prob_dtype == "uint8" else ""
+    print(f"wrote probabilities {tuple(prob.shape)} {prob_dtype}{scale} to {out} ({elapsed:.2f} s for {len(imgs)} image(s))")
     if seg_out is not None:
         seg = np.stack(segs) if imgs.stack else segs[0]
         seg = seg.astype(np.uint8 if len(names) < 256 else np.uint16, copy=False)
@@ -386,6 +418,206 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise CLIError(f"segmentation file {seg_out}: PNG holds one image; this is a stack of {seg.shape[0]}, write .tif instead")
         files.write_array(seg_out, seg, key="segmentation", extra={"class_names": names_arr}, allowed=_SEG_EXT, role="segmentation")
         print(f"wrote segmentation {tuple(seg.shape)} (labels 1..{len(names)}) to {seg_out}")
+    if counts_out is not None:
+        from .engine.chunked import write_counts_csv
+
+        write_counts_csv(counts_out, names, [(z, n, c, f) for z, (n, c, f) in enumerate(rows)])
+        flagged = sum(int(c[2]) for _, c, _ in rows)
+        print(f"wrote counts of '{names[settings.class_index]}' objects to {counts_out}: "
+              f"{sum(int(c[0]) for _, c, _ in rows)} object(s), {flagged} of {len(rows)} image(s) flagged")
+    return 0
+
+
+def _count_settings(args: argparse.Namespace, model):
+    from .engine.chunked import CountSettings
+
+    names = list(model.class_names)
+    text = args.count_class
+    if text is None:
+        index = 1 if len(names) > 1 else 0
+    elif text.strip() in names:
+        index = names.index(text.strip())
+    else:
+        try:
+            index = int(text) - 1
+        except ValueError:
+            raise CLIError(f"--count-class {text}: not a class of the model ({', '.join(f'{k + 1} = {n}' for k, n in enumerate(names))})") from None
+        if not 0 <= index < len(names):
+            raise CLIError(f"--count-class {text}: the model's labels are 1..{len(names)} ({', '.join(names)})")
+    return CountSettings(class_index=index, threshold=float(args.threshold), min_area=int(args.min_area))
+
+
+def _count_row(probs: np.ndarray, settings) -> tuple[int, int, int]:
+    from .engine.objects import count_objects
+
+    res = count_objects(probs[settings.class_index], settings.threshold, settings.min_area, settings.min_count, settings.min_pixels)
+    return int(res.count), int(res.pixels.sum()), int(res.defect_present)
+
+
+def _parse_chunks(text: str) -> tuple[int, int]:
+    parts = [t.strip() for t in str(text).split(",")]
+    try:
+        values = [int(t) for t in parts]
+    except ValueError:
+        raise CLIError(f"--chunks {text}: give one size (1024) or rows,cols (512,2048)") from None
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise CLIError(f"--chunks {text}: give one positive size (1024) or rows,cols (512,2048)")
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+@contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT while child processes start (they inherit it across exec); restore it after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _default_scheduler() -> str:
+    import importlib.util
+
+    return "local" if importlib.util.find_spec("distributed") is not None else "threads"
+
+
+@contextmanager
+def _dask_scheduler(args: argparse.Namespace):
+    """Yield ``(scheduler, description)``: 'threads'/'sync', or a distributed Client (local cluster or address)."""
+    where = (args.scheduler or _default_scheduler()).strip()
+    if where in ("threads", "sync"):
+        if args.workers is not None and where == "sync":
+            raise CLIError("--workers has no effect with --scheduler sync")
+        yield where, f"dask local scheduler ({where}{', ' + str(args.workers) + ' thread(s)' if args.workers and where == 'threads' else ''})"
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise CLIError(
+            f"--scheduler {where} needs dask.distributed (pip install distributed); "
+            "or use --scheduler threads"
+        ) from None
+    import logging
+
+    if where == "local":
+        import os
+
+        n = args.workers or os.cpu_count() or 1
+        kwargs = {"memory_limit": args.memory_limit} if args.memory_limit else {}
+        try:
+            # the workers start with SIGINT ignored (and keep it so): Ctrl-C in the terminal reaches the
+            # whole process group, but only this process should act on it (stop, keep what is done)
+            with _sigint_ignored():
+                cluster = LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                    silence_logs=logging.ERROR, env={"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+                    **kwargs,
+                )
+        except (ValueError, TypeError) as exc:
+            raise CLIError(f"cannot start a local dask cluster: {exc}") from None
+        with cluster, Client(cluster) as client:
+            yield client, f"local dask cluster: {n} worker process(es), 1 thread each"
+        return
+    if args.workers is not None or args.memory_limit is not None:
+        raise CLIError("--workers and --memory-limit apply to the local cluster; size a remote cluster where it runs")
+    try:
+        client = Client(where, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise CLIError(f"cannot reach the dask scheduler at {where}: {exc}") from None
+    with client:
+        n = len(client.scheduler_info().get("workers", {}))
+        yield client, f"dask cluster at {where}: {n} worker(s)"
+
+
+def _predict_zarr(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .engine import files, load_model
+    from .engine.chunked import ZarrPrediction
+
+    out = Path(args.out)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise CLIError(f"output store {out}: the directory {parent} does not exist")
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"output store {out} exists and is a file, not a zarr store")
+    if args.segmentation:
+        raise CLIError("with a .zarr output the segmentation is stored in the store (array 'segmentation'); drop --segmentation")
+    _refuse_overwrite(out, [args.image, args.model], "output store")
+    counts_out = _check_out(args.counts, (".csv",), "counts file") if args.counts else None
+    chunks = _parse_chunks(args.chunks or "1024")
+    model = load_model(args.model)
+    settings = _count_settings(args, model) if counts_out is not None else None
+    vol = files.open_volume(args.image, args.image_key, args.slices, crop=args.crop, channels_first=args.channels_first)
+    prob_dtype = args.prob_dtype or "uint8"
+    z, c, h, w = vol.shape
+    wh, ww = model.window
+    print(f"volume: {vol.name}: {z} slice(s) of {h}x{w} pixels, {c} channel(s), {vol.dtype} ({_human_bytes(vol.nbytes)})")
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping after the running chunks (press Ctrl-C again to abort at once)", file=sys.stderr)
+
+    from tqdm.auto import tqdm
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    try:
+        with _dask_scheduler(args) as (scheduler, where):
+            # the store is made (or checked for resuming) once the scheduler is up
+            job = ZarrPrediction(model, vol, out, chunks, prob_dtype, settings, overwrite=args.overwrite)
+            print(f"output: {out}: probabilities ({z}, {model.n_classes}, {h}, {w}) {prob_dtype}, segmentation; "
+                  f"chunks {job.chunks[0]}x{job.chunks[1]} (+ a {wh}x{ww} window's halo), {job.grid[0] * job.grid[1]} per slice")
+            todo, _ = job.pending()
+            n_chunks = z * job.grid[0] * job.grid[1]
+            if job.resumed:
+                print(f"resuming: {n_chunks - len(todo)} of {n_chunks} chunk(s) already done")
+            print(f"running on: {where}")
+            tasks_left = len(todo) + (len(job.pending()[1]) if settings is not None else 0)
+            with tqdm(total=tasks_left, desc="predicting", unit="task", disable=args.quiet, file=sys.stderr,
+                      mininterval=0.25, dynamic_ncols=True) as bar:
+                def progress(p):
+                    bar.update(p.done - bar.n)
+
+                t0 = time.perf_counter()
+                result = job.run(scheduler, args.workers if scheduler == "threads" else None, progress, stop)
+                elapsed = time.perf_counter() - t0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    done_now = result.chunks_done - result.skipped
+    rate = f", {done_now * (h * w) / max(job.grid[0] * job.grid[1], 1) / max(elapsed, 1e-9) / 1e6:.2f} Mpixel/s" if done_now else ""
+    if not job.complete():
+        print(f"stopped: {result.chunks_done} of {n_chunks} chunk(s) finished and kept in {out}; "
+              "run the same command again to resume")
+        return 130
+    info = job.summary()
+    names = list(model.class_names)
+    totals = info["class_pixels"].sum(axis=0)
+    share = ", ".join(f"{_class_label(names, k)} {100.0 * v / max(totals.sum(), 1):.1f}%" for k, v in enumerate(totals))
+    print(f"wrote {out} in {elapsed:.1f} s ({done_now} chunk(s) this run{rate}); {share}")
+    if counts_out is not None:
+        job.write_csv(counts_out)
+        counts = info["counts"]
+        print(f"wrote per-slice counts of '{names[settings.class_index]}' objects to {counts_out}: "
+              f"{int(counts[:, 0].sum())} object(s), {int(counts[:, 2].sum())} of {z} slice(s) flagged")
     return 0
 
 

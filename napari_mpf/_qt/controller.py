@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels, Layer
@@ -22,6 +23,7 @@ from .._layer_style import (
     class_names_from_features,
 )
 from ..engine import InputError, Model, SpecError, parse_spec, predict_proba, segment
+from ..engine.chunked import CountSettings, ZarrPrediction
 from ..engine.objects import ObjectCounts, count_objects
 
 __all__ = ["UserError", "TrainSettings", "ImageInfo", "TrainingSet", "Controller", "OUTPUT_KEY"]
@@ -386,8 +388,13 @@ class Controller:
         return [(k, f"{image_layer.name} p({class_names[k]})") for k in range(1, len(class_names))]
 
     def show_probabilities(self, image_layer, z: int | None, proba: np.ndarray, class_names: list[str]) -> list[Image]:
-        """Write ``proba`` ``(K, H, W)`` of slice ``z`` into the probability layers (in place)."""
+        """Write ``proba`` ``(K, H, W)`` of slice ``z`` into the probability layers (in place).
+
+        Large or dask-backed images have lazy output layers (:meth:`lazy_outputs`): nothing is written.
+        """
         info = self.image_info(image_layer)
+        if self.is_lazy(image_layer):
+            return []
         out = []
         for k, name in self.prob_names(image_layer, class_names):
             layer = self._output(
@@ -410,6 +417,8 @@ class Controller:
     def show_segmentation(self, image_layer, z: int | None, proba: np.ndarray, class_names: list[str]) -> Labels:
         """Write the argmax segmentation (labels 1..K) of slice ``z`` into ``'<image> segmentation'``."""
         info = self.image_info(image_layer)
+        if self.is_lazy(image_layer):
+            return None
         layer = self._output(
             f"{image_layer.name} segmentation", "segmentation", Labels, info.spatial_shape, np.uint8,
             image_layer, opacity=0.35, colormap=class_colormap(len(class_names)),
@@ -449,6 +458,11 @@ class Controller:
                 break
         if prob_layer is None:
             raise UserError(f"No probability map for '{image_layer.name}' yet: train or apply a model first.")
+        if not isinstance(prob_layer.data, np.ndarray):
+            raise UserError(
+                f"'{prob_layer.name}' is computed lazily, slice by slice: counting needs whole maps. "
+                "Use 'Predict to zarr…', which counts the objects of every slice."
+            )
         counts = count_objects(
             np.asarray(prob_layer.data), threshold, min_area, min_count=min_count, min_pixels=min_pixels
         )
@@ -467,6 +481,103 @@ class Controller:
         layer.metadata.update(summary)
         self.last_counts = counts
         return counts
+
+    # ----------------------------------------------------------------- big and dask-backed images
+    #: images with more pixels than this, or not held in memory (dask, zarr…), get lazy outputs
+    LAZY_PIXELS = 2**26
+    #: output tile side (pixels) of lazy and zarr prediction
+    LAZY_TILE = 2048
+    #: memory for computed tiles kept for the lazy layers (several layers slice the same tiles)
+    LAZY_CACHE_BYTES = 256 * 2**20
+
+    def is_lazy(self, image_layer) -> bool:
+        """Whether ``image_layer`` gets lazy (dask) outputs: large, or not a NumPy array."""
+        data = image_layer.data
+        return not isinstance(data, np.ndarray) or data.size > self.LAZY_PIXELS
+
+    def lazy_outputs(self, model: Model, image_layer) -> tuple[list[Image], Labels]:
+        """Probability and segmentation layers as dask arrays, computed as napari shows slices."""
+        import dask.array as da
+
+        from ..engine.chunked import predict_dask, segment_dask
+
+        info = self.check_model_fits_image(model, image_layer)
+        data = image_layer.data
+        if not isinstance(data, da.Array):
+            spatial = 3 if image_layer.rgb else 2
+            own = getattr(data, "chunks", None)
+            data = da.from_array(data, chunks=own if isinstance(own, tuple) else (1,) * (data.ndim - spatial) + (-1,) * spatial)
+        if info.is_stack:
+            data = data.rechunk({0: 1})
+        tile = (min(info.shape[0], self.LAZY_TILE), min(info.shape[1], self.LAZY_TILE))
+        tile_bytes = model.n_classes * tile[0] * tile[1] * 4
+        cache = int(np.clip(self.LAZY_CACHE_BYTES // max(tile_bytes, 1), 2, 64))
+        probs = predict_dask(model.copy(), data, chunks=tile, rgb=image_layer.rgb, cache_tiles=cache)
+        return self._show_dask(image_layer, probs, segment_dask(probs), list(model.class_names), {"lazy": True})
+
+    def zarr_job(self, model: Model, image_layer, path, prob_dtype: str = "uint8", counts: CountSettings | None = None,
+                 overwrite: bool = False) -> ZarrPrediction:
+        """A :class:`~napari_mpf.engine.chunked.ZarrPrediction` of every slice of ``image_layer`` into
+        the store ``path`` (``*.zarr``); a stopped run on the same path resumes. Run it in a worker."""
+        from ..engine.files import ArrayVolume
+
+        self.check_model_fits_image(model, image_layer)
+        p = Path(path)
+        if p.suffix.lower() != ".zarr":
+            raise UserError(f"Choose a store whose name ends with .zarr (got '{p.name}').")
+        try:
+            volume = ArrayVolume(image_layer.data, rgb=image_layer.rgb, name=image_layer.name)
+            return ZarrPrediction(model.copy(), volume, p, self.LAZY_TILE, prob_dtype, counts, overwrite)
+        except InputError as exc:
+            raise UserError(str(exc)) from exc
+
+    def zarr_outputs(self, image_layer, path) -> tuple[list[Image], Labels]:
+        """Point the output layers of ``image_layer`` at a finished prediction store (read lazily)."""
+        import dask.array as da
+
+        from ..engine.chunked import open_prediction
+
+        info = self.image_info(image_layer)
+        meta = open_prediction(path)
+        probs = da.from_zarr(str(path), component="probabilities")
+        scale = float(meta.get("probability_scale", 1.0))
+        probs = probs.astype(np.float32) / np.float32(scale) if scale != 1.0 else probs
+        seg = da.from_zarr(str(path), component="segmentation")
+        if not info.is_stack:
+            probs, seg = probs[0], seg[0]
+        return self._show_dask(image_layer, probs, seg, list(meta["class_names"]), {"lazy": True, "zarr": str(path)})
+
+    def _show_dask(self, image_layer, probs, seg, class_names: list[str], meta: dict) -> tuple[list[Image], Labels]:
+        stack = probs.ndim == 4
+        layers = []
+        for k, name in self.prob_names(image_layer, class_names):
+            layer = self._dask_layer(
+                name, "probability", Image, probs[:, k] if stack else probs[k], image_layer,
+                colormap=PROB_COLORMAPS.get(k + 1, "gray"), contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7,
+            )
+            layer.metadata.update(meta, **{"class": class_names[k]})
+            layers.append(layer)
+        seg_layer = self._dask_layer(
+            f"{image_layer.name} segmentation", "segmentation", Labels, seg, image_layer,
+            opacity=0.35, colormap=class_colormap(len(class_names)), features=class_features(class_names),
+        )
+        seg_layer.metadata.update(meta, class_names=list(class_names))
+        if self.model is not None:
+            seg_layer.metadata["model"] = self.model.describe()
+        return layers, seg_layer
+
+    def _dask_layer(self, name: str, role: str, kind: type, data, image_layer, **kwargs):
+        """Replace the output layer ``name`` (ours) by one showing ``data`` (a dask array)."""
+        layers = self.viewer.layers
+        if name in layers:
+            layer = layers[name]
+            if layer.metadata.get(OUTPUT_KEY) != role or not isinstance(layer, kind):
+                raise UserError(f"A layer named '{name}' already exists and was not made by napari-mpf; rename it.")
+            layers.remove(layer)
+        nd = data.ndim
+        meta = {OUTPUT_KEY: role, "image": image_layer.name}
+        adder = self.viewer.add_image if kind is Image else self.viewer.add_labels
+        return adder(data, name=name, scale=image_layer.scale[-nd:], translate=image_layer.translate[-nd:], metadata=meta, **kwargs)
 
     # ----------------------------------------------------------------- labels for the user
     def create_labels(self, image_layer, class_names: list[str]) -> Labels:

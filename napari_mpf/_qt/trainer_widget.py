@@ -1,13 +1,16 @@
 """The docked trainer: pick image and strokes, train in the background, preview, count, export.
 
 Long work runs in napari thread workers (``create_worker``): training wraps the engine's
-``Trainer.run()`` generator, prediction wraps :meth:`Controller.predict_iter`. Everything that
-touches layers happens in the GUI thread, in the workers' signal handlers.
+``Trainer.run()`` generator, prediction wraps :meth:`Controller.predict_iter`, "Predict to zarr"
+wraps :meth:`ZarrPrediction.iter_run`. Everything that touches layers happens in the GUI thread, in
+the workers' signal handlers. Large or dask-backed images get lazy (dask) output layers instead,
+computed by napari as slices are shown.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,7 @@ from qtpy.QtWidgets import (
 
 from .._layer_style import class_names_from_features
 from ..engine import PRESETS, Model, ModelFileError, load_model, save_model
+from ..engine.chunked import CountSettings
 from .controller import OUTPUT_KEY, Controller, TrainingSet, TrainSettings, UserError
 from .layer_combo import LayerCombo
 from .loss_plot import LossPlot
@@ -73,6 +77,14 @@ class _Workers:
         for worker in (self.train, self.predict):
             if worker is not None:
                 worker.quit()
+                _stop_event(worker)
+
+
+def _stop_event(worker) -> None:
+    """Also stop the dask run behind a 'Predict to zarr' worker (quit only stops between yields)."""
+    event = getattr(worker, "_stop_event", None)
+    if event is not None:
+        event.set()
 
 
 def _is_output(layer) -> bool:
@@ -247,6 +259,12 @@ class TrainerWidget(QWidget):
         buttons.addWidget(self.predict_btn)
         buttons.addWidget(self.count_btn)
         form.addRow(buttons)
+        self.zarr_btn = QPushButton("Predict to zarr…")
+        self.zarr_btn.setToolTip(
+            "Predict every slice into a zarr store on disk, chunk by chunk (for big stacks), with progress and "
+            "Stop; the same store resumes a stopped run. Objects are counted per slice; the layers then read the store."
+        )
+        form.addRow(self.zarr_btn)
         self.count_label = QLabel("no objects counted yet")
         self.count_label.setWordWrap(True)
         form.addRow(self.count_label)
@@ -290,6 +308,7 @@ class TrainerWidget(QWidget):
         self.predict_btn.clicked.connect(self.predict)
         self.apply_btn.clicked.connect(self.predict)
         self.count_btn.clicked.connect(self.count)
+        self.zarr_btn.clicked.connect(self.zarr_dialog)
         self.save_btn.clicked.connect(self.export_dialog)
         self.load_btn.clicked.connect(self.import_dialog)
         self._live_timer.timeout.connect(self._live_retrain)
@@ -413,6 +432,8 @@ class TrainerWidget(QWidget):
         layer = self.image_combo.layer()
         if self._train_worker is not None or self._predict_worker is not None or layer is None:
             return
+        if self.controller.is_lazy(layer):
+            return  # its lazy layers compute the shown slice themselves
         try:
             z = self.controller.current_slice(layer)
         except UserError:
@@ -482,6 +503,7 @@ class TrainerWidget(QWidget):
             self._train_worker.quit()
         if self._predict_worker is not None:
             self._predict_worker.quit()
+            _stop_event(self._predict_worker)
 
     def _set_busy(self, busy: bool) -> None:
         self.train_btn.setEnabled(not busy)
@@ -578,6 +600,18 @@ class TrainerWidget(QWidget):
         except UserError as exc:
             self._error(str(exc), notify)
             return None
+        if self.controller.is_lazy(image_layer):
+            try:
+                self.controller.lazy_outputs(model, image_layer)
+            except UserError as exc:
+                self._error(str(exc), notify)
+                return None
+            self._say(
+                f"'{image_layer.name}' is large or not in memory: its probabilities and segmentation are computed "
+                "as you browse (only the slices shown); 'Predict to zarr…' computes them all.", notify=False,
+            )
+            self.prediction_finished.emit()
+            return None
         slices = list(slices) if slices is not None else self.controller.all_slices(image_layer)
         frozen = model.copy()
         worker = create_worker(self.controller.predict_iter, frozen, image_layer, slices, _start_thread=False)
@@ -617,6 +651,91 @@ class TrainerWidget(QWidget):
         self._set_busy(self.is_training)
         worker.start()
         return worker
+
+    def count_settings(self) -> CountSettings:
+        """What the 'Objects' controls say."""
+        model = self.controller.model
+        k = self.class_combo.currentIndex() + 1 if self.class_combo.count() else 1
+        if model is not None and k >= model.n_classes:
+            k = model.n_classes - 1
+        return CountSettings(
+            class_index=k, threshold=self.threshold_spin.value(), min_area=self.min_area_spin.value(),
+            min_count=self.min_count_spin.value() or None, min_pixels=self.min_pixels_spin.value() or None,
+        )
+
+    def zarr_dialog(self) -> None:
+        image = self.image_combo.layer()
+        default = f"{image.name if image is not None else 'prediction'}.zarr"
+        path, _ = QFileDialog.getSaveFileName(self, "Predict to zarr store", default, "Zarr store (*.zarr)")
+        if path:
+            self.predict_to_zarr(path)
+
+    def predict_to_zarr(self, path, image_layer=None, notify: bool = True, prob_dtype: str = "uint8"):
+        """Predict every slice of ``image_layer`` into the zarr store ``path`` in a worker (Stop stops it;
+        the same path resumes). Returns the worker (None if not started)."""
+        if not isinstance(image_layer, Image):
+            image_layer = self.image_combo.layer()
+        if self._predict_worker is not None:
+            self._say("A prediction is already running.", "warning", notify)
+            return None
+        model = self.controller.model
+        try:
+            if model is None:
+                raise UserError("No model yet: train one (Train) or import a model file (Import…).")
+            if image_layer is None:
+                raise UserError("No image layer to predict.")
+            job = self.controller.zarr_job(model, image_layer, path, prob_dtype, self.count_settings())
+        except UserError as exc:
+            self._error(str(exc), notify)
+            return None
+        stop = threading.Event()
+        worker = create_worker(job.iter_run, "threads", None, stop, _start_thread=False)
+        worker._image_layer = image_layer
+        worker._stop_event = stop
+        started = time.perf_counter()
+
+        def on_progress(p) -> None:
+            if not self.is_training:
+                self.progress.setRange(0, max(p.chunks_total, 1))
+                self.progress.setValue(p.chunks_done)
+
+        def on_finished() -> None:
+            self._predict_worker = None
+            self._set_busy(self.is_training)
+            self.timings["last_zarr_prediction"] = time.perf_counter() - started
+            try:
+                self._zarr_done(job, image_layer, path)
+            finally:
+                self.prediction_finished.emit()
+
+        worker.yielded.connect(on_progress)
+        worker.finished.connect(on_finished)
+        worker.errored.connect(lambda exc: self._error(f"Prediction failed: {exc}", notify=False))
+        self._predict_worker = worker
+        self._set_busy(self.is_training)
+        self._say(f"Predicting '{image_layer.name}' into {path}" + (" (resuming)…" if job.resumed else "…"), notify=False)
+        worker.start()
+        return worker
+
+    def _zarr_done(self, job, image_layer, path) -> None:
+        summary = job.summary()
+        done, total = summary["finished_chunks"], summary["total_chunks"]
+        if not job.complete():
+            self._say(f"Stopped: {done} of {total} chunks are in {path}; 'Predict to zarr…' on the same store resumes.", notify=False)
+            return
+        if image_layer in self.viewer.layers:
+            try:
+                self.controller.zarr_outputs(image_layer, path)
+            except UserError as exc:
+                self._error(str(exc))
+        counts = summary.get("counts")
+        if counts is not None:
+            flagged = [z for z in range(len(counts)) if counts[z, 2] > 0]
+            text = f"{int(counts[:, 0].sum())} object(s) in {len(counts)} slice(s); {len(flagged)} flagged"
+            if flagged:
+                text += ": " + ", ".join(f"z{z}" for z in flagged[:20]) + (" …" if len(flagged) > 20 else "")
+            self.count_label.setText(text)
+        self._say(f"Wrote the prediction of '{image_layer.name}' to {path}.", notify=False)
 
     def count(self, image_layer=None, notify: bool = True, *_):
         """Count objects of the chosen class in the probability map -> ``'<image> objects'``."""
@@ -720,6 +839,7 @@ class TrainerWidget(QWidget):
         for worker in (self._train_worker, self._predict_worker):
             if worker is not None:
                 worker.quit()
+                _stop_event(worker)
         if self._run is not None and self._run.stop_reason is None:
             self._run.stop_reason = "closed"
         WorkerBase.await_workers(timeout_ms)

@@ -85,15 +85,29 @@ def _dihedral(x: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 
 class Trainer:
-    """Trains ``model`` in place on (image, labels) pairs; :meth:`run` is the generator."""
+    """Trains ``model`` in place on (image, labels) pairs; :meth:`run` is the generator.
 
-    def __init__(self, model: Model, images, labels, config: TrainConfig | None = None):
+    ``images`` may also be a streaming data set (``labels=None``), such as
+    :class:`~napari_mpf.engine.dataset.PairDataset`: anything with ``len()``, ``check(in_channels,
+    n_classes)``, ``usable`` (indices of painted pairs) and ``pair(i) -> (image, labels)``; then one
+    pair is loaded per step and the data set never has to fit in memory.
+    """
+
+    def __init__(self, model: Model, images, labels=None, config: TrainConfig | None = None):
         self.config = config or TrainConfig()
         self.config.check()
         self.model = model
-        self.images, self.labels = check_training_pairs(images, labels, model.in_channels, model.n_classes)
-        if not 0 <= self.config.preview_index < len(self.images):
-            raise InputError(f"preview_index {self.config.preview_index} is not one of the {len(self.images)} images")
+        if labels is None and hasattr(images, "pair"):
+            self.dataset = images
+            self.dataset.check(model.in_channels, model.n_classes)
+            self.images = self.labels = None
+            n = len(images)
+        else:
+            self.dataset = None
+            self.images, self.labels = check_training_pairs(images, labels, model.in_channels, model.n_classes)
+            n = len(self.images)
+        if not 0 <= self.config.preview_index < n:
+            raise InputError(f"preview_index {self.config.preview_index} is not one of the {n} images")
         self._preview_requested = False
         self.last_loss = float("nan")
 
@@ -103,14 +117,19 @@ class Trainer:
 
     def preview(self) -> np.ndarray:
         """Probabilities ``(K, H, W)`` of the preview image with the current weights."""
+        if self.dataset is not None:
+            return predict_proba(self.model, self.dataset.pair(self.config.preview_index)[0])
         return predict_proba(self.model, self.images[self.config.preview_index])
 
     def run(self) -> Generator[Progress, None, Model]:
         cfg = self.config
         model = self.model
         rng = np.random.default_rng(cfg.seed)
-        xs = [normalise(model, img) for img in self.images]
-        usable = [i for i, lab in enumerate(self.labels) if lab.any()]
+        if self.dataset is None:
+            xs = [normalise(model, img) for img in self.images]
+            usable = [i for i, lab in enumerate(self.labels) if lab.any()]
+        else:  # stream: one pair loaded (and normalised) per step
+            usable = list(self.dataset.usable)
         base_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
         # weights become views into one flat vector that the optimiser updates in place
         theta, views = _flatten(model)
@@ -128,7 +147,11 @@ class Trainer:
             if not order:
                 order = list(rng.permutation(usable))
             index = int(order.pop())
-            x, lab = xs[index], self.labels[index]
+            if self.dataset is None:
+                x, lab = xs[index], self.labels[index]
+            else:
+                image, lab = self.dataset.pair(index)
+                x = normalise(model, image)
             if cfg.augment:
                 x, lab = _dihedral(x, lab, int(rng.integers(8)))
             lab = np.ascontiguousarray(lab)

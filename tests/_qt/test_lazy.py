@@ -1,0 +1,119 @@
+"""Large or dask-backed images: lazy output layers (only shown slices computed) and 'Predict to zarr'."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from qt_helpers import train_and_wait, wait_idle
+
+import napari_mpf.engine.chunked as chunked
+from napari_mpf._qt.trainer_widget import SMALL_SPEC
+from napari_mpf._sample_data import blobs
+from napari_mpf.engine import Model, predict_proba, segment
+
+
+def _stack(n=6, shape=(40, 36)):
+    return np.stack([blobs(shape, n=2, radius=3, seed=20 + z)[0] for z in range(n)]).astype(np.float32)
+
+
+@pytest.fixture
+def model():
+    m = Model.create(SMALL_SPEC, 1, 2, seed=3, class_names=["background", "blob"])
+    rng = np.random.default_rng(0)
+    for w in m.weights:
+        w[...] = rng.normal(size=w.shape) / np.sqrt(np.prod(w.shape[1:]))
+    m.norm_mean[:] = 0.4
+    m.norm_std[:] = 0.3
+    return m
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Count the regions the engine predicts (one per computed chunk and image)."""
+    seen: list[tuple] = []
+    original = chunked.predict_region
+
+    def counting(model, read, shape, rows, cols, output="probabilities"):
+        seen.append((rows, cols))
+        return original(model, read, shape, rows, cols, output)
+
+    monkeypatch.setattr(chunked, "predict_region", counting)
+    return seen
+
+
+def test_dask_stack_gets_lazy_layers_that_compute_only_shown_slices(viewer_widget, qtbot, model, calls):
+    viewer, w = viewer_widget
+    stack = _stack()
+    layer = viewer.add_image(da.from_array(stack, chunks=(2, 40, 36)), name="big")
+    w.image_combo.set_layer(layer)
+    w.controller.model = model
+    viewer.dims.set_current_step(0, 4)
+    calls.clear()
+    with qtbot.waitSignal(w.prediction_finished, timeout=10_000):
+        assert w.predict(layer) is None  # no worker: the layers are lazy
+    prob = viewer.layers["big p(blob)"]
+    seg = viewer.layers["big segmentation"]
+    assert isinstance(prob.data, da.Array) and isinstance(seg.data, da.Array)
+    assert prob.metadata["lazy"] and prob.data.shape == stack.shape
+    qtbot.waitUntil(lambda: len(calls) > 0, timeout=10_000)
+    qtbot.wait(200)
+    # napari computed the shown slice (once for all three layers: the tiles are cached) and at most one
+    # more it reads when a layer is added, not the stack of 6
+    assert 1 <= len(calls) <= 2, calls
+    for z in (4, 1):
+        want = predict_proba(model, stack[z])
+        np.testing.assert_allclose(np.asarray(prob.data[z]), want[1], atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(seg.data[z]), segment(want))
+    with pytest.raises(Exception, match="lazily"):
+        w.controller.count(layer)
+
+
+def test_big_numpy_image_is_lazy_and_training_finishes(viewer_widget, qtbot, monkeypatch):
+    viewer, w = viewer_widget
+    stack = _stack(3)
+    strokes = np.zeros(stack.shape, np.uint8)
+    strokes[1, 2:6, 2:30] = 1
+    strokes[1, 20:24, 5:30] = 2
+    layer = viewer.add_image(stack, name="s")
+    viewer.add_labels(strokes, name="s labels")
+    w.image_combo.set_layer(layer)
+    w.labels_combo.set_layer(viewer.layers["s labels"])
+    monkeypatch.setattr(type(w.controller), "LAZY_PIXELS", 1000)
+    train_and_wait(qtbot, w)
+    assert isinstance(viewer.layers["s p(foreground)"].data, da.Array)
+
+
+def test_predict_to_zarr_progress_stop_and_resume(viewer_widget, qtbot, model, tmp_path, monkeypatch):
+    viewer, w = viewer_widget
+    stack = _stack(5)
+    layer = viewer.add_image(da.from_array(stack, chunks=(1, 40, 36)), name="vol")
+    w.image_combo.set_layer(layer)
+    w.controller.model = model
+    monkeypatch.setattr(type(w.controller), "LAZY_TILE", 16)  # 3 x 3 chunks per slice
+    path = tmp_path / "vol.zarr"
+    seen = []
+
+    worker = w.predict_to_zarr(path)
+    assert worker is not None
+    worker.yielded.connect(lambda p: (seen.append(p.chunks_done), w.stop()))
+    wait_idle(qtbot, w)
+    assert seen and w.stop_btn.isEnabled() is False
+    g = zarr.open_group(str(path), mode="r")
+    finished = int((np.asarray(g["class_pixels"][..., 0]) >= 0).sum())
+    assert 1 <= finished < 5 * 9, finished
+    assert "Stopped" in w.messages[-1][1]
+
+    with qtbot.waitSignal(w.prediction_finished, timeout=30_000):
+        w.predict_to_zarr(path)
+    wait_idle(qtbot, w)
+    assert "resuming" in " ".join(text for _, text in w.messages[-3:])
+    want = np.stack([predict_proba(model, s) for s in stack])
+    got = np.asarray(g["probabilities"][...]) / 255.0
+    assert np.abs(got - want).max() <= 0.5 / 255 + 1e-6
+    np.testing.assert_array_equal(g["segmentation"][...], np.stack([segment(p) for p in want]))
+    prob = viewer.layers["vol p(blob)"]
+    assert prob.metadata["zarr"] == str(path)
+    np.testing.assert_allclose(np.asarray(prob.data[2]), np.rint(want[2, 1] * 255) / 255, atol=1e-6)
+    assert "object(s) in 5 slice(s)" in w.count_label.text()
