@@ -261,13 +261,17 @@ def test_predicting_while_training_and_gui_stays_responsive(viewer_widget, qtbot
         w.train()
     with qtbot.waitSignal(w.prediction_finished, timeout=20_000):
         w.apply_btn.click()  # a prediction worker next to the training worker
-    qtbot.wait(300)
+    # the event loop keeps turning while training runs (however loaded the machine is) ...
+    start = len(ticks)
+    qtbot.waitUntil(lambda: len(ticks) >= start + 25, timeout=20_000)
+    assert w._train_worker is not None
     with qtbot.waitSignal(w.training_finished, timeout=20_000):
         w.stop()
     wait_idle(qtbot, w)
     timer.stop()
+    # ... and never freezes for long (a generous bound: this is not a speed test)
     gaps = np.diff(ticks)
-    assert len(gaps) > 20 and gaps.max() < 1.0, (len(gaps), gaps.max())
+    assert gaps.max() < 2.0, gaps.max()
 
 
 def test_deleting_the_widget_stops_its_workers(make_napari_viewer, qtbot, notes):
