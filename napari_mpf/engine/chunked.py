@@ -49,9 +49,9 @@ import numpy as np
 from .files import ArrayVolume, Volume
 from .inputs import InputError
 from .model import Model
-from .network import forward, mirror_indices, padded_size
+from .network import mirror_indices, padded_size
 from .objects import count_objects
-from .predict import DEFAULT_TILE, normalise, segment, softmax
+from .predict import DEFAULT_TILE, logits_from_padded, normalise, segment, softmax
 
 __all__ = [
     "PROB_DTYPES",
@@ -133,15 +133,7 @@ def predict_tile_logits(model: Model, region: np.ndarray, tile: int = DEFAULT_TI
     oh, ow = padded_size(h, py), padded_size(w, px)
     if (oh, ow) != (h, w):  # extra outputs, discarded below: any valid pixel values do
         x = np.pad(x, ((0, 0), (0, oh - h), (0, ow - w)), mode="edge")
-    th, tw = padded_size(max(tile, py), py), padded_size(max(tile, px), px)
-    out = np.empty((model.n_classes, h, w), model.dtype)
-    for y0 in range(0, h, th):
-        ty = min(th, oh - y0)
-        for x0 in range(0, w, tw):
-            tx = min(tw, ow - x0)
-            logits, _ = forward(model, x[:, y0 : y0 + ty + wh - 1, x0 : x0 + tx + ww - 1])
-            out[:, y0 : y0 + ty, x0 : x0 + tx] = logits[:, : h - y0, : w - x0]
-    return out
+    return logits_from_padded(model, x, (h, w), tile)
 
 
 def _source_range(n: int, start: int, stop: int, before: int, after: int) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 
 from .files import FOLDER_EXTENSIONS, READ_EXTENSIONS, _natural_key, open_volume, read_labels
 from .inputs import InputError, as_image, as_labels
-from .model import Model
+from .model import Model, normalisation_from
 
 __all__ = ["PairDataset", "DatasetInfo", "model_for_dataset"]
 
@@ -202,20 +202,7 @@ class PairDataset(Sequence):
     def normalisation(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and standard deviation over all images, one image at a time (as
         :func:`~napari_mpf.engine.model.normalisation_from` computes them in memory)."""
-        total = total_sq = None
-        count = 0
-        for i in range(len(self)):
-            image, _ = self.pair(i)
-            flat = image.reshape(image.shape[0], -1).astype(np.float64)
-            if total is None:
-                total, total_sq = np.zeros(len(flat)), np.zeros(len(flat))
-            total += flat.sum(axis=1)
-            total_sq += (flat**2).sum(axis=1)
-            count += flat.shape[1]
-        mean = total / count
-        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-        std[std < 1e-6 * np.maximum(1.0, np.abs(mean))] = 1.0
-        return mean.astype(np.float32), std.astype(np.float32)
+        return normalisation_from(self.pair(i)[0] for i in range(len(self)))
 
 
 def model_for_dataset(dataset: PairDataset, spec="fast", activation: str = "tanh", seed: int = 0,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,16 +133,15 @@ class Model:
         return model
 
 
-def normalisation_from(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation over ``(C, H, W)`` images (std 1 for constant channels)."""
-    n_ch = images[0].shape[0]
-    total = np.zeros(n_ch)
-    total_sq = np.zeros(n_ch)
+def normalisation_from(images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation over ``(C, H, W)`` images (std 1 for constant
+    channels); ``images`` may be a generator, so a data set can be streamed one image at a time."""
+    total = total_sq = 0.0
     count = 0
     for img in images:
-        flat = img.reshape(n_ch, -1).astype(np.float64)
-        total += flat.sum(axis=1)
-        total_sq += (flat**2).sum(axis=1)
+        flat = img.reshape(img.shape[0], -1).astype(np.float64)
+        total = total + flat.sum(axis=1)
+        total_sq = total_sq + (flat**2).sum(axis=1)
         count += flat.shape[1]
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))

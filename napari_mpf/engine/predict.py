@@ -8,7 +8,7 @@ from .inputs import as_image
 from .model import Model
 from .network import forward, pad_image, padded_size
 
-__all__ = ["normalise", "predict_logits", "predict_proba", "softmax", "segment", "DEFAULT_TILE"]
+__all__ = ["logits_from_padded", "normalise", "predict_logits", "predict_proba", "softmax", "segment", "DEFAULT_TILE"]
 
 #: Output tile side (pixels) for prediction; rounded to a multiple of the pooling factor.
 DEFAULT_TILE = 512
@@ -28,10 +28,19 @@ def predict_logits(model: Model, image, tile: int = DEFAULT_TILE) -> np.ndarray:
     x = normalise(model, image)
     _, h, w = x.shape
     py, px = model.spec.pool_factor
+    padded = pad_image(x, model.window, (padded_size(h, py), padded_size(w, px)))
+    return logits_from_padded(model, padded, (h, w), tile)
+
+
+def logits_from_padded(model: Model, padded: np.ndarray, shape: tuple[int, int], tile: int = DEFAULT_TILE) -> np.ndarray:
+    """Class scores ``(K, h, w)`` from a normalised input that holds the window's margins and
+    covers at least ``(padded_size(h), padded_size(w))`` outputs, evaluated in tiles of at most
+    ``tile`` outputs (rounded to the pooling factor)."""
+    h, w = shape
+    py, px = model.spec.pool_factor
     wh, ww = model.window
     th, tw = padded_size(max(tile, py), py), padded_size(max(tile, px), px)
     oh, ow = padded_size(h, py), padded_size(w, px)
-    padded = pad_image(x, model.window, (oh, ow))
     out = np.empty((model.n_classes, h, w), model.dtype)
     for y0 in range(0, h, th):
         ty = min(th, oh - y0)
