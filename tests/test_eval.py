@@ -1,0 +1,184 @@
+"""The accuracy evaluation (benchmarks/eval_*.py): metrics with known answers, the scribble
+generator, and the --quick paths end to end on tiny synthetic data (never on ../shared)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import eval_common as ec  # noqa: E402
+
+
+def test_pixel_error_at_threshold():
+    prob = np.array([[0.2, 0.8], [0.6, 0.4]])
+    truth = np.array([[0, 1], [0, 0]], bool)
+    assert ec.pixel_error(prob, truth, 0.5) == 0.25
+    assert ec.pixel_error(prob, truth, 0.7) == 0.0
+    assert ec.pixel_error(prob, truth, 0.5, mask=np.array([[1, 1], [0, 1]], bool)) == 0.0
+
+
+def test_choose_threshold_separates_and_centres_plateau():
+    prob = np.array([0.1, 0.2, 0.3, 0.6, 0.7])
+    truth = np.array([0, 0, 0, 1, 1], bool)
+    t = ec.choose_threshold(prob, truth)
+    assert 0.3 <= t < 0.6
+    assert abs(t - 0.45) < 0.01
+    assert ec.pixel_error(prob, truth, t) == 0.0
+    # a mask and lists of images; an overlapping case where the best threshold is forced
+    p2 = [np.array([0.1, 0.4, 0.45]), np.array([0.5, 0.9, 0.3])]
+    t2 = [np.array([0, 1, 1], bool), np.array([1, 1, 0], bool)]
+    m2 = [np.array([1, 1, 1], bool), np.array([1, 1, 0], bool)]
+    t = ec.choose_threshold(p2, t2, m2)
+    assert 0.1 <= t < 0.4
+
+
+def test_f1_per_class():
+    pred = np.array([1, 1, 0, 0], bool)
+    truth = np.array([1, 0, 0, 0], bool)
+    f_neg, f_pos = ec.f1_per_class(pred, truth)
+    assert f_pos == pytest.approx(2 / 3)
+    assert f_neg == pytest.approx(0.8)
+
+
+def test_adapted_rand_perfect_and_merge():
+    truth = np.zeros((10, 21), bool)
+    truth[:, 10] = True  # a membrane between two cells of 100 pixels each
+    assert ec.adapted_rand(truth, truth) == pytest.approx(0.0)
+    # no membrane predicted: one segment covers both cells; skimage counts pairs (sum n_ij^2 - n):
+    # precision (2*100^2 - 200) / (200^2 - 200), recall 1
+    precision = (2 * 100**2 - 200) / (200**2 - 200)
+    expected = 1 - 2 * precision / (precision + 1)
+    assert ec.adapted_rand(np.zeros_like(truth), truth) == pytest.approx(expected)
+    # a thicker predicted membrane still separates the cells: its pixels join the nearest cell
+    thick = truth.copy()
+    thick[:, 9:12] = True
+    assert ec.adapted_rand(thick, truth) == pytest.approx(0.0)
+
+
+def test_balanced_sample_and_values():
+    truths = [np.zeros((4, 4), bool), np.zeros((4, 4), bool)]
+    truths[0][0, :3] = True
+    truths[1][3, 3] = True
+    ii, ff, pos = ec.balanced_sample(truths, 10, np.random.default_rng(0))
+    assert pos.sum() == 4  # all 4 defect pixels (fewer than asked)
+    assert (~pos).sum() == 10
+    maps = [t.astype(float) for t in truths]
+    assert np.array_equal(ec.sample_values(maps, ii, ff) > 0.5, pos)
+
+
+def test_detection_thresholds():
+    counts = np.array([0, 1, 10, 20])
+    defective = np.array([0, 0, 1, 1], bool)
+    t = ec.choose_count_threshold(counts, defective)
+    assert t == 5.5
+    assert ec.detection_error(counts, defective, t) == 0.0
+    # flag-everything is a candidate
+    assert ec.choose_count_threshold(np.array([3, 3]), np.array([1, 1], bool)) < 3
+    err, thr = ec.crossfit_detection_error(np.array([0, 10, 1, 12]), np.array([0, 1, 0, 1], bool), np.array([0, 0, 1, 1]))
+    assert err == 0.0 and len(thr) == 2
+    # a threshold that fits one fold badly shows up only in the cross-fit error
+    err, _ = ec.crossfit_detection_error(np.array([0, 10, 20, 30]), np.array([0, 1, 0, 1], bool), np.array([0, 0, 1, 1]))
+    assert err > 0
+
+
+def _cells(shape=(96, 96), seed=0):
+    """Voronoi cells (class 1) with 3-px membranes (class 2) between them, plus a noisy image."""
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(0, shape[0], size=(12, 2))
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    d = np.sqrt((yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2)
+    order = np.sort(d, axis=-1)
+    membrane = (order[..., 1] - order[..., 0]) < 3.0
+    image = np.where(membrane, 80.0, 140.0) + rng.normal(0, 20, shape)
+    return np.clip(image, 0, 255).astype(np.uint8), membrane
+
+
+def test_scribbles_never_cross_a_boundary():
+    _, membrane = _cells()
+    truth = membrane.astype(np.uint8) + 1
+    for seed in range(3):
+        s = ec.scribbles(truth, np.random.default_rng(seed), px_per_class=300, margin=2)
+        painted = s > 0
+        assert np.all(s[painted] == truth[painted]), "a stroke labelled a pixel of the wrong class"
+        for c in (1, 2):
+            assert 100 <= np.count_nonzero(s == c) <= 300 + 2 * 4 * 150  # about the asked amount
+            dist = ndi.distance_transform_edt(truth == c)
+            assert np.all(dist[s == c] >= 2), "a stroke came closer than 2 px to the other class"
+    again = ec.scribbles(truth, np.random.default_rng(0), px_per_class=300)
+    assert np.array_equal(again, ec.scribbles(truth, np.random.default_rng(0), px_per_class=300))
+
+
+def test_parse_variants():
+    base = dict(ec.MPF_DEFAULTS)
+    vs = ec.parse_variants(["mpf", "rf", "relu:activation=relu,crop=128,lr=0.01"], base)
+    assert [v.kind for v in vs] == ["mpf", "rf", "mpf"]
+    assert vs[2].params["activation"] == "relu" and vs[2].params["crop"] == 128 and vs[2].params["lr"] == 0.01
+    assert vs[2].params["optimizer"] == "adam"
+    assert vs[1].params["n_estimators"] == 50
+    with pytest.raises(SystemExit):
+        ec.parse_variants(["x:kind=nope"], base)
+
+
+def test_standardise():
+    x = ec.standardise(np.array([[1.0, 3.0], [1.0, 3.0]]))
+    assert np.allclose(x, [[-1, 1], [-1, 1]])
+
+
+def test_eval_isbi_quick_on_synthetic(tmp_path):
+    pytest.importorskip("sklearn")  # the forest peer (extra "eval")
+    import eval_isbi
+
+    imgs, labs = zip(*(_cells((64, 64), seed=s) for s in range(3)), strict=True)
+    path = tmp_path / "isbi.npz"
+    np.savez(path, images=np.stack(imgs), labels=np.stack(labs).astype(np.uint8))
+    out = tmp_path / "r.md"
+    rows = eval_isbi.main(["--quick", "--data", str(path), "--train-slices", "0:2", "--test-slices", "2:3",
+                           "--scribble-px", "150", "--variants", "mpf", "rf", "rfn:kind=rf,norm=image",
+                           "--out", str(out)])
+    assert [(r["regime"], r["variant"]) for r in rows] == [
+        (regime, name) for regime in ("scribbles", "dense") for name in ("mpf", "rf", "rfn")]
+    for r in rows:
+        assert 0.0 <= r["err05"] <= 1.0 and 0.0 <= r["rand"] <= 1.0
+        assert r["train_s"] >= 0 and r["pred_s"] > 0
+    text = out.read_text()
+    assert "| scribbles | rf |" in text and "command:" in text
+
+
+def test_eval_tiles_quick_on_synthetic(tmp_path):
+    pytest.importorskip("sklearn")
+    import eval_tiles
+
+    rng = np.random.default_rng(0)
+    n, H, W = 16, 48, 72
+    images = np.zeros((n, H, W), np.uint8)
+    masks = np.zeros((n, H, W), np.uint8)
+    heights = np.full(n, 44, np.int32)
+    widths = np.full(n, 64, np.int32)
+    category = np.array([0, 1, 2, 5] * 4, np.uint8)
+    for i in range(n):
+        images[i, :44, :64] = rng.normal(128, 10, (44, 64)).clip(0, 255)
+        if category[i]:
+            y, x = rng.integers(5, 30), rng.integers(5, 50)
+            masks[i, y : y + 8, x : x + 8] = 1
+            images[i, y : y + 8, x : x + 8] = 40
+    missing = np.zeros(n, np.uint8)
+    missing[3] = 1
+    masks[3] = 0
+    path = tmp_path / "tiles.npz"
+    np.savez(path, images=images, masks=masks, heights=heights, widths=widths, category=category,
+             category_names=np.array(["MT_Free", "MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven"]),
+             is_defective=(category != 0).astype(np.uint8), mask_missing=missing, group=np.arange(n) // 2,
+             split=np.zeros(n, np.uint8))
+    out = tmp_path / "t.md"
+    rows = eval_tiles.main(["--quick", "--data", str(path), "--downsample", "2", "--val-fraction", "0.5",
+                            "--n-pixels", "100", "--out", str(out)])
+    assert [r["variant"] for r in rows] == ["mpf", "rf"]
+    for r in rows:
+        for key in ("bal_all", "bal_no_uneven", "det_cross_all", "det_same_no_uneven"):
+            assert 0.0 <= r[key] <= 1.0
+        assert {pc["category"] for pc in r["per_category"]} <= {"MT_Free", "MT_Blowhole", "MT_Break", "MT_Uneven"}
+    assert "Per category" in out.read_text()
