@@ -86,8 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model on images and label masks",
         description="Train a model on images and label masks (0 = unpainted, 1..K = classes) and save it.",
     )
-    t.add_argument("--image", action="append", required=True, metavar="FILE", help="image file (.tif .tiff .png .jpg .npy .npz); repeat for several")
-    t.add_argument("--labels", action="append", required=True, metavar="FILE", help="label file for each --image, in the same order")
+    t.add_argument("--image", action="append", metavar="FILE", help="image file (.tif .tiff .png .jpg .npy .npz); repeat for several")
+    t.add_argument("--labels", action="append", metavar="FILE", help="label file for each --image, in the same order")
+    t.add_argument("--pairs", metavar="FOLDER", help="train on a folder of (image, labels) pairs read one per step "
+                   "(images/ + labels/, or NAME + NAME_labels files), instead of --image/--labels")
     _add_image_options(t)
     t.add_argument("--labels-key", metavar="KEY", help="array to read from .npz label files (default: the only array, or 'labels')")
     t.add_argument("--label-offset", type=int, default=0, metavar="N", help="add N to every label pixel; use 1 for dense masks where 0 is a class (0/1 -> classes 1/2)")
@@ -293,9 +295,15 @@ def _check_painted(masks: list[np.ndarray], offset: int) -> np.ndarray:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import PRESETS, Model, TrainConfig, Trainer, files, save_model
+    from .engine import Model, TrainConfig, Trainer, files, save_model
 
     out = _check_out(args.out, (".npz",), "model file")
+    if args.pairs is not None:
+        if args.image or args.labels or args.sample_labels is not None:
+            raise CLIError("--pairs replaces --image/--labels (and --sample-labels does not apply to it)")
+        return _train_pairs(args, out)
+    if not args.image or not args.labels:
+        raise CLIError("give --image and --labels (or --pairs FOLDER)")
     _refuse_overwrite(out, [*args.image, *args.labels], "model file")
     if len(args.image) != len(args.labels):
         raise CLIError(f"got {len(args.image)} --image but {len(args.labels)} --labels; give one label file per image file")
@@ -320,13 +328,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         masks = _sample_labels(masks, args.sample_labels, args.seed)
     counts = _check_painted(masks, args.label_offset)
     class_names = [s.strip() for s in args.class_names.split(",")] if args.class_names else None
-    if args.spec is not None:
-        spec = args.spec
-    else:
-        spec = (args.preset or "fast").strip().lower()
-        if spec not in PRESETS:
-            raise CLIError(f"unknown preset '{args.preset}'; choose one of {', '.join(PRESETS)} or give --spec")
-
+    spec = _spec_from(args)
     model = Model.for_data(images, masks, spec=spec, activation=args.activation, seed=args.seed, class_names=class_names)
     config = TrainConfig(
         steps=args.steps,
@@ -363,6 +365,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     loss = f"{float(last.loss):.4f}" if last is not None else "n/a"
     rate = f" ({elapsed / done:.3f} s/step)" if done else ""
     print(f"trained {done} step(s) in {elapsed:.1f} s{rate}; final loss {loss}")
+    if interrupted:
+        print(f"stopped early (Ctrl-C): saved the weights after step {done} to {out}")
+        return 130
+    print(f"saved model to {out}")
+    return 0
+
+
+def _spec_from(args: argparse.Namespace) -> str:
+    from .engine import PRESETS
+
+    if args.spec is not None:
+        return args.spec
+    spec = (args.preset or "fast").strip().lower()
+    if spec not in PRESETS:
+        raise CLIError(f"unknown preset '{args.preset}'; choose one of {', '.join(PRESETS)} or give --spec")
+    return spec
+
+
+def _train_pairs(args: argparse.Namespace, out: Path) -> int:
+    """``train --pairs FOLDER``: the data set is streamed, one pair per step."""
+    from .engine import TrainConfig, Trainer, save_model
+    from .engine.dataset import PairDataset, model_for_dataset
+
+    dataset = PairDataset.from_folder(args.pairs, image_key=args.image_key, labels_key=args.labels_key,
+                                      label_offset=args.label_offset, channels_first=args.channels_first)
+    class_names = [s.strip() for s in args.class_names.split(",")] if args.class_names else None
+    model = model_for_dataset(dataset, _spec_from(args), args.activation, args.seed, class_names)
+    config = TrainConfig(steps=args.steps, optimizer=args.optimizer, lr=args.lr, augment=not args.no_augment,
+                         balance=not args.no_balance, seed=args.seed)
+    wh, ww = model.window
+    print(f"network: {model.spec.text}")
+    print(f"window: {wh}x{ww} pixels, {model.n_params:,} parameters, {model.in_channels} input channel(s)")
+    print(f"data: {len(dataset)} pair(s) in {args.pairs}, streamed one per step")
+    trainer = Trainer(model, dataset, None, config)
+    t0 = time.perf_counter()
+    model, last, done, interrupted, _ = _run_training(trainer, config.steps, args.quiet)
+    elapsed = time.perf_counter() - t0
+    model.provenance["cli"] = {"command": "train", "pairs": str(args.pairs), "label_offset": args.label_offset,
+                               "steps_done": done, "interrupted": interrupted}
+    save_model(model, out)
+    loss = f"{float(last.loss):.4f}" if last is not None else "n/a"
+    print(f"trained {done} step(s) in {elapsed:.1f} s; final loss {loss}")
     if interrupted:
         print(f"stopped early (Ctrl-C): saved the weights after step {done} to {out}")
         return 130

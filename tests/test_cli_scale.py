@@ -207,3 +207,28 @@ def test_volume_larger_than_the_memory_limit_runs_with_bounded_rss(data, tmp_pat
     assert len((tmp_path / "c.csv").read_text().splitlines()) == 49
     assert zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["probabilities"].shape == (48, 2, 512, 512)
     print(f"peak RSS growth {growth / 2**20:.1f} MB (reset: {res['reset']}) for {big.nbytes / 2**20:.0f} MB of pixels")
+
+
+def test_train_on_a_folder_of_pairs_streams_them(tmp_path):
+    import tifffile
+
+    from napari_mpf.cli import main
+    from napari_mpf.engine import load_model
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    (tmp_path / "set" / "labels").mkdir()
+    for n in range(3):
+        image = rng.normal(size=(24, 30)).astype(np.float32)
+        labels = np.zeros((24, 30), np.uint8)
+        labels[2:5, 3:20] = 1
+        labels[15:18, 5:25] = 2
+        tifffile.imwrite(tmp_path / "set" / "images" / f"p{n}.tif", image)
+        tifffile.imwrite(tmp_path / "set" / "labels" / f"p{n}.tif", labels)
+    out = tmp_path / "m.npz"
+    code = main(["train", "--pairs", str(tmp_path / "set"), "--spec", "C3x3x4, MPF2x2, C3x3x4, FC8",
+                 "--steps", "4", "--out", str(out), "--quiet"])
+    assert code == 0
+    model = load_model(out)
+    assert model.provenance["steps"] == 4 and model.provenance["cli"]["pairs"].endswith("set")
+    assert main(["train", "--pairs", str(tmp_path / "set"), "--image", "x.tif", "--out", str(out)]) == 2
