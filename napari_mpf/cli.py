@@ -295,7 +295,7 @@ def _check_painted(masks: list[np.ndarray], offset: int) -> np.ndarray:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import Model, TrainConfig, Trainer, files, save_model
+    from .engine import Model, TrainConfig, Trainer, files
 
     out = _check_out(args.out, (".npz",), "model file")
     if args.pairs is not None:
@@ -346,21 +346,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     shapes = sorted({"x".join(map(str, a.shape)) for a in images})
     print(f"data: {len(images)} image(s) ({', '.join(shapes)}); painted pixels: {painted}")
 
-    trainer = Trainer(model, images, masks, config)
+    provenance = {"data": sources, "label_offset": args.label_offset, "sample_labels": args.sample_labels,
+                  "crop": args.crop}
+    return _train_and_save(Trainer(model, images, masks, config), args, out, provenance)
+
+
+def _train_and_save(trainer, args: argparse.Namespace, out: Path, provenance: dict) -> int:
+    """Drain the training generator with a progress bar, save the model, report."""
+    from .engine import save_model
+
     t0 = time.perf_counter()
-    model, last, done, interrupted, _ = _run_training(trainer, config.steps, args.quiet)
+    model, last, done, interrupted, _ = _run_training(trainer, trainer.config.steps, args.quiet)
     elapsed = time.perf_counter() - t0
-    prov = getattr(model, "provenance", None)
-    if isinstance(prov, dict):
-        prov["cli"] = {
-            "command": "train",
-            "data": sources,
-            "label_offset": args.label_offset,
-            "sample_labels": args.sample_labels,
-            "crop": args.crop,
-            "steps_done": done,
-            "interrupted": interrupted,
-        }
+    model.provenance["cli"] = {"command": "train", **provenance, "steps_done": done, "interrupted": interrupted}
     save_model(model, out)
     loss = f"{float(last.loss):.4f}" if last is not None else "n/a"
     rate = f" ({elapsed / done:.3f} s/step)" if done else ""
@@ -385,7 +383,7 @@ def _spec_from(args: argparse.Namespace) -> str:
 
 def _train_pairs(args: argparse.Namespace, out: Path) -> int:
     """``train --pairs FOLDER``: the data set is streamed, one pair per step."""
-    from .engine import TrainConfig, Trainer, save_model
+    from .engine import TrainConfig, Trainer
     from .engine.dataset import PairDataset, model_for_dataset
 
     dataset = PairDataset.from_folder(args.pairs, image_key=args.image_key, labels_key=args.labels_key,
@@ -398,20 +396,8 @@ def _train_pairs(args: argparse.Namespace, out: Path) -> int:
     print(f"network: {model.spec.text}")
     print(f"window: {wh}x{ww} pixels, {model.n_params:,} parameters, {model.in_channels} input channel(s)")
     print(f"data: {len(dataset)} pair(s) in {args.pairs}, streamed one per step")
-    trainer = Trainer(model, dataset, None, config)
-    t0 = time.perf_counter()
-    model, last, done, interrupted, _ = _run_training(trainer, config.steps, args.quiet)
-    elapsed = time.perf_counter() - t0
-    model.provenance["cli"] = {"command": "train", "pairs": str(args.pairs), "label_offset": args.label_offset,
-                               "steps_done": done, "interrupted": interrupted}
-    save_model(model, out)
-    loss = f"{float(last.loss):.4f}" if last is not None else "n/a"
-    print(f"trained {done} step(s) in {elapsed:.1f} s; final loss {loss}")
-    if interrupted:
-        print(f"stopped early (Ctrl-C): saved the weights after step {done} to {out}")
-        return 130
-    print(f"saved model to {out}")
-    return 0
+    provenance = {"pairs": str(args.pairs), "label_offset": args.label_offset}
+    return _train_and_save(Trainer(model, dataset, None, config), args, out, provenance)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
