@@ -371,7 +371,7 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     model = Model.for_data(images, labels, spec=spec, activation=p.get("activation", "tanh"), seed=int(p.get("seed", 0)))
     budget = float(p.get("budget") or 0) or None
     cfg = dict(optimizer=p.get("optimizer", "adam"), lr=p.get("lr"), schedule=p.get("schedule", "cosine"),
-               augment=bool(p.get("augment", True)), balance=bool(p.get("balance", True)),
+               augment=bool(p.get("augment", True)), balance=p["balance"] if p.get("balance") == "global" else bool(p.get("balance", True)),
                crop=p.get("crop", 256), seed=int(p.get("seed", 0)))
     steps = p.get("steps")
     adaptive = steps is None and budget is not None

@@ -16,12 +16,14 @@ __all__ = ["Batch", "batch_loss", "crop_box", "labelled_box", "loss_and_gradient
 
 
 def masked_cross_entropy(
-    logits: np.ndarray, labels: np.ndarray, balance: bool = True
+    logits: np.ndarray, labels: np.ndarray, balance: bool = True, class_weight: np.ndarray | None = None
 ) -> tuple[float, np.ndarray]:
     """Loss and its gradient w.r.t. ``logits`` ``(K, H, W)``; ``labels`` ``(H, W)``, 0 = unpainted.
 
     ``balance``: every painted class weighs the same (mean over the classes present of the mean
-    loss of their pixels); otherwise the mean over all painted pixels.
+    loss of their pixels); otherwise the mean over all painted pixels. ``class_weight`` (one weight
+    per class, e.g. from the class frequencies of a whole training set) replaces both: the loss is
+    then ``sum_p class_weight[class(p)] * CE(p)``.
     """
     n_classes = logits.shape[0]
     labels = np.ascontiguousarray(labels, dtype=np.int32)
@@ -31,7 +33,9 @@ def masked_cross_entropy(
     if painted == 0:
         grad[:] = 0
         return 0.0, grad
-    if balance:
+    if class_weight is not None:
+        class_weight = np.asarray(class_weight, np.float64)
+    elif balance:
         present = np.count_nonzero(counts)
         class_weight = np.where(counts > 0, 1.0 / (np.maximum(counts, 1) * present), 0.0)
     else:
@@ -114,10 +118,11 @@ def crop_box(model: Model, lab: np.ndarray, size: int, rng: np.random.Generator)
     return top, left, ch, cw
 
 
-def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool = True):
+def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool = True,
+               class_weight: np.ndarray | None = None):
     """``(loss, grad_weights, grad_biases)`` on a batch; the gradients are ``None`` without ``need_grad``."""
     logits, cache = forward(model, batch.padded, keep=need_grad)
-    loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance)
+    loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance, class_weight)
     if not need_grad:
         return loss, None, None
     grad_w, grad_b = backward(model, cache, grad_logits)

@@ -29,6 +29,9 @@ class TrainConfig:
     ``schedule``: ``"cosine"`` decays the learning rate to 10% over the run, ``"constant"`` keeps it.
     ``preview_every``: every that many steps (and at the last step) a :class:`Progress` carries the
     probabilities of image ``preview_index``; 0 = only on request.
+    ``balance``: ``True`` weighs the painted classes equally within each step; ``"global"`` weighs
+    them by their frequency over the whole training set (so a step whose crop or image holds only
+    background counts as little as that background does in the set); ``False``: plain mean.
     ``crop``: when the painted pixels spread over more than ``crop`` x ``crop`` pixels, each step
     trains on a random box of that size around a painted pixel (much faster steps on large images;
     ``None`` = always the whole box of painted pixels).
@@ -40,7 +43,7 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "cosine"
     augment: bool = True
-    balance: bool = True
+    balance: bool | str = True
     seed: int = 0
     preview_every: int = 0
     preview_index: int = 0
@@ -55,6 +58,8 @@ class TrainConfig:
             raise InputError(f"the learning rate must be a positive number, got {self.lr}")
         if self.crop is not None and int(self.crop) < 8:
             raise InputError(f"crop must be at least 8 pixels (or None), got {self.crop}")
+        if self.balance not in (True, False, "global"):
+            raise InputError(f"balance must be True, False or 'global', got {self.balance!r}")
         if self.schedule not in ("cosine", "constant"):
             raise InputError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
 
@@ -109,6 +114,7 @@ class Trainer:
         if not 0 <= self.config.preview_index < n:
             raise InputError(f"preview_index {self.config.preview_index} is not one of the {n} images")
         self._preview_requested = False
+        self._class_weight: np.ndarray | None = None
         self.last_loss = float("nan")
 
     def request_preview(self) -> None:
@@ -130,6 +136,7 @@ class Trainer:
             usable = [i for i, lab in enumerate(self.labels) if lab.any()]
         else:  # stream: one pair loaded (and normalised) per step
             usable = list(self.dataset.usable)
+        self._class_weight = self._global_class_weight(len(usable)) if cfg.balance == "global" else None
         base_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
         # weights become views into one flat vector that the optimiser updates in place
         theta, views = _flatten(model)
@@ -175,24 +182,36 @@ class Trainer:
         provenance["final_loss"] = self.last_loss
         return model
 
+    def _global_class_weight(self, n_images: int) -> np.ndarray | None:
+        """``n_images / (K_present * N_k)`` from the class counts of all training labels, so that the
+        expected loss of one step is the class-balanced loss of the whole set (in-memory data only;
+        a streamed data set keeps the per-step balance)."""
+        if self.labels is None:
+            return None
+        k = self.model.n_classes
+        counts = sum(np.bincount(lab.ravel(), minlength=k + 1)[1 : k + 1] for lab in self.labels)
+        present = np.count_nonzero(counts)
+        return np.where(counts > 0, n_images / (np.maximum(counts, 1) * present), 0.0)
+
     def _step(self, opt, theta, views, batch: Batch, lr: float) -> float:
         model, balance = self.model, self.config.balance
+        class_weight = self._class_weight
         model_weights_dtype = theta.dtype
 
         def loss_fn(vec: np.ndarray) -> float:
             saved = theta.copy()
             theta[:] = vec
             try:
-                return batch_loss(model, batch, balance, need_grad=False)[0]
+                return batch_loss(model, batch, balance, need_grad=False, class_weight=class_weight)[0]
             finally:
                 theta[:] = saved
 
         def loss_grad_fn(vec: np.ndarray) -> tuple[float, np.ndarray]:
             theta[:] = vec.astype(model_weights_dtype)
-            loss, gw, gb = batch_loss(model, batch, balance)
+            loss, gw, gb = batch_loss(model, batch, balance, class_weight=class_weight)
             return loss, _flat_grad(gw, gb)
 
-        loss, gw, gb = batch_loss(model, batch, balance)
+        loss, gw, gb = batch_loss(model, batch, balance, class_weight=class_weight)
         grad = _flat_grad(gw, gb)
         if not (math.isfinite(loss) and np.isfinite(grad).all()):
             return float("nan")

@@ -174,3 +174,25 @@ def test_crops_are_exact_boxes_of_the_whole_image():
         for a, b in zip(cropped[1], whole[1], strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-13)
     assert crop_box(model, lab, 64, rng) is None
+
+
+def test_global_balance_weighs_classes_by_their_frequency_in_the_whole_set():
+    from napari_mpf.engine.loss import masked_cross_entropy
+
+    rng = np.random.default_rng(0)
+    images = [rng.normal(size=(20, 20)) for _ in range(2)]
+    labels = [np.zeros((20, 20), int), np.zeros((20, 20), int)]
+    labels[0][:10] = 1  # 200 background pixels
+    labels[1][:5] = 1  # 100 more background
+    labels[1][15:, :10] = 2  # 50 defect pixels, all in image 2
+    model = Model.for_data(images, labels, spec=TINY)
+    trainer = Trainer(model, images, labels, TrainConfig(steps=3, balance="global"))
+    losses = [p.loss for p in trainer.run()]
+    np.testing.assert_allclose(trainer._class_weight, [2 / (2 * 300), 2 / (2 * 50)])
+    assert np.isfinite(losses).all()
+    # with these weights a background-only image weighs as much as its share of the set
+    logits = np.zeros((2, 20, 20))
+    loss, _ = masked_cross_entropy(logits, labels[0], class_weight=trainer._class_weight)
+    assert loss == pytest.approx(200 * (2 / 600) * np.log(2))
+    with pytest.raises(InputError, match="balance"):
+        Trainer(model, images, labels, TrainConfig(balance="sometimes"))
