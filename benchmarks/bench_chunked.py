@@ -30,6 +30,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 os.environ.setdefault("NUMBA_NUM_THREADS", "2")
 
 import numpy as np  # noqa: E402
+from bench_speed import median_time  # noqa: E402  (same folder)
 
 from napari_mpf.engine import Model, predict_proba, save_model  # noqa: E402
 
@@ -61,14 +62,6 @@ assert cli.main(["predict", "--model", model, "--image", image, "--out", out, "-
 print(json.dumps({"seconds": time.perf_counter() - t, "base": base, "peak": status("VmHWM:")}))
 """
 
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def random_model(spec: str, seed: int = 0) -> Model:

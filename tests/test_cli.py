@@ -10,6 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+from cli_helpers import run, user_error
 
 from napari_mpf import cli
 from napari_mpf.engine import load_model, predict_proba, save_model
@@ -20,20 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 ISBI = REPO.parent / "shared" / "data" / "isbi2012_train.npz"
 
 
-def run(capsys, *argv):
-    """``main(argv)`` -> (exit code, stdout, stderr)."""
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def user_error(capsys, *argv) -> str:
-    """Run a command that must fail cleanly; return its message."""
-    code, _, err = run(capsys, *argv)
-    assert code == 2, err
-    assert err.startswith("napari-mpf: error: "), err
-    assert "Traceback" not in err
-    return err
 
 
 @pytest.fixture(scope="module")

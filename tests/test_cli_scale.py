@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from cli_helpers import run, user_error
 
-from napari_mpf import cli
 from napari_mpf.engine import Model, load_model, predict_proba, save_model, segment
 from napari_mpf.engine.chunked import CountSettings, ZarrPrediction
 from napari_mpf.engine.files import open_volume
@@ -24,17 +24,6 @@ TINY = "C3x3x4, MPF2x2, C3x3x4, MPF2x2, C2x2x3, FC6, FC2"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def user_error(capsys, *argv) -> str:
-    code, _, err = run(capsys, *argv)
-    assert code == 2, err
-    assert err.startswith("napari-mpf: error: ") and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
