@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .heads import has_heads, image_loss, model_backward, model_forward
 from .inputs import as_labels
 from .kernels import softmax_cross_entropy
 from .model import Model
 from .network import backward, forward, mirror_indices, padded_size
 from .predict import normalise
+from .superpixels import relabel, slic_superpixels
 
 __all__ = ["Batch", "batch_loss", "crop_box", "labelled_box", "loss_and_gradients", "make_batch", "masked_cross_entropy"]
 
@@ -52,6 +54,8 @@ def labelled_box(labels: np.ndarray, factor: tuple[int, int], out_limit: tuple[i
     """
     rows = np.flatnonzero(labels.any(axis=1))
     cols = np.flatnonzero(labels.any(axis=0))
+    if rows.size == 0:  # nothing painted (an image with an image-level label only): the whole image
+        rows, cols = np.array([0, labels.shape[0] - 1]), np.array([0, labels.shape[1] - 1])
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     oh, ow = padded_size(y1 - y0, factor[0]), padded_size(x1 - x0, factor[1])
     y0 = min(y0, out_limit[0] - oh)
@@ -60,31 +64,49 @@ def labelled_box(labels: np.ndarray, factor: tuple[int, int], out_limit: tuple[i
 
 
 def loss_and_gradients(
-    model: Model, image, labels, balance: bool = True
+    model: Model, image, labels, balance: bool = True, image_target=None
 ) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
     """Masked, optionally class-balanced cross-entropy of ``model`` on one image and its gradients.
 
     Gradients are shaped like ``model.weights`` and ``model.biases``. Only the box around the
-    painted pixels is evaluated (exactly: the mirror padding is that of the whole image).
+    painted pixels is evaluated (exactly: the mirror padding is that of the whole image); a model
+    with heads is evaluated on the whole image, and ``image_target`` (``K - 1`` values: 1 present,
+    0 absent, NaN unknown) feeds its image-level head.
     """
     x = normalise(model, image)
     lab = as_labels(labels, x.shape[1:])
-    return _loss_and_gradients(model, x, lab, balance)
+    return _loss_and_gradients(model, x, lab, balance, image_target)
 
 
 @dataclass
 class Batch:
-    """The padded input box around the painted pixels of one image, and its labels."""
+    """The padded input box around the painted pixels of one image, and its labels; for models with
+    heads also the box's superpixels, the part of the box inside the image and the image-level
+    targets known for the box (NaN = unknown)."""
 
     padded: np.ndarray  # (C, oh + wh - 1, ow + ww - 1)
     labels: np.ndarray  # (oh, ow) int32, 0 outside the image
+    segments: np.ndarray | None = None  # (oh, ow) int32, -1 outside the image
+    n_segments: int = 0
+    valid: tuple[int, int] | None = None
+    image_target: np.ndarray | None = None  # (K - 1,)
 
 
-def make_batch(model: Model, x: np.ndarray, lab: np.ndarray, crop: tuple[int, int] | None = None) -> Batch:
+def make_batch(
+    model: Model,
+    x: np.ndarray,
+    lab: np.ndarray,
+    crop: tuple[int, int, int, int] | None = None,
+    segments: np.ndarray | None = None,
+    image_target: np.ndarray | None = None,
+) -> Batch:
     """Cut a normalised image ``(C, H, W)`` and its labels to the box of painted pixels, or to the
-    output box ``crop = (y0, x0)`` of at most ``crop_size`` pixels (see :func:`crop_box`).
+    output box ``crop = (y0, x0, oh, ow)`` (see :func:`crop_box`).
 
-    Exact: the mirror padding is that of the whole image, whatever the box.
+    Exact: the mirror padding is that of the whole image, whatever the box. ``segments`` (the
+    image's superpixels) and ``image_target`` (per class after the first: 1 present, 0 absent, NaN
+    unknown) are cut to the box too: a class absent from the image is absent from the box; a present
+    one is known present in the box only if the box holds the whole image or a painted pixel of it.
     """
     _, h, w = x.shape
     py, px = model.spec.pool_factor
@@ -97,19 +119,49 @@ def make_batch(model: Model, x: np.ndarray, lab: np.ndarray, crop: tuple[int, in
     box_labels = np.zeros((oh, ow), np.int32)
     part = lab[y0 : y0 + oh, x0 : x0 + ow]
     box_labels[: part.shape[0], : part.shape[1]] = part
-    return Batch(padded, box_labels)
+    batch = Batch(padded, box_labels, valid=part.shape)
+    if segments is not None:
+        box_segments = np.full((oh, ow), -1, np.int32)
+        box_segments[: part.shape[0], : part.shape[1]] = segments[y0 : y0 + oh, x0 : x0 + ow]
+        batch.segments, batch.n_segments = relabel(box_segments)
+    if image_target is not None:
+        target = np.asarray(image_target, np.float64).copy()
+        if part.shape != (h, w):
+            painted = np.bincount(part.ravel(), minlength=model.n_classes + 1)[2:]
+            target[(target == 1) & (painted[: target.size] == 0)] = np.nan
+        batch.image_target = target
+    return batch
 
 
-def crop_box(model: Model, lab: np.ndarray, size: int, rng: np.random.Generator) -> tuple[int, int, int, int] | None:
+def crop_box(
+    model: Model, lab: np.ndarray, size: int | None, rng: np.random.Generator, by_class: bool = False,
+    whole: bool = False,
+) -> tuple[int, int, int, int] | None:
     """A random output box of about ``size`` x ``size`` pixels holding at least one painted pixel
-    (``None`` when the painted pixels already fit in such a box)."""
+    (``None`` when the painted pixels already fit in such a box). ``by_class``: the painted pixel
+    is drawn class first (each painted class equally likely), then a pixel of that class.
+    (An image with nothing painted gets a box anywhere.) ``whole``: the box is cut from the whole
+    image, not from the box of painted pixels (for heads that pool over the image); ``size=None``
+    then means the whole image."""
     h, w = lab.shape
     py, px = model.spec.pool_factor
     limit = (h + py - 1, w + px - 1)
-    y0, x0, oh, ow = labelled_box(lab, (py, px), limit)
-    if oh <= size and ow <= size:
-        return None
-    ys, xs = np.nonzero(lab)
+    if whole:
+        oh, ow = padded_size(h, py), padded_size(w, px)
+        if size is None or (oh <= size and ow <= size):
+            return 0, 0, oh, ow
+    else:
+        y0, x0, oh, ow = labelled_box(lab, (py, px), limit)
+        if oh <= size and ow <= size:
+            return None
+    if by_class and lab.any():
+        classes = np.flatnonzero(np.bincount(lab.ravel()))
+        classes = classes[classes > 0]
+        ys, xs = np.nonzero(lab == classes[int(rng.integers(classes.size))])
+    elif lab.any():
+        ys, xs = np.nonzero(lab)
+    else:
+        ys, xs = rng.integers(h, size=1), rng.integers(w, size=1)
     k = int(rng.integers(ys.size))
     ch, cw = min(size, oh), min(size, ow)
     ch, cw = padded_size(ch, py), padded_size(cw, px)
@@ -120,17 +172,43 @@ def crop_box(model: Model, lab: np.ndarray, size: int, rng: np.random.Generator)
 
 def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool = True,
                class_weight: np.ndarray | None = None):
-    """``(loss, grad_weights, grad_biases)`` on a batch; the gradients are ``None`` without ``need_grad``."""
-    logits, cache = forward(model, batch.padded, keep=need_grad)
+    """``(loss, grad_weights, grad_biases)`` on a batch; the gradients are ``None`` without ``need_grad``.
+
+    With an image-level head the loss adds its weighted sigmoid cross entropy on the known targets.
+    """
+    if not has_heads(model):
+        logits, cache = forward(model, batch.padded, keep=need_grad)
+        loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance, class_weight)
+        if not need_grad:
+            return loss, None, None
+        grad_w, grad_b = backward(model, cache, grad_logits)
+        return loss, grad_w, grad_b
+    logits, image_logits, hcache = model_forward(
+        model, batch.padded, batch.segments, batch.n_segments, batch.valid, keep=need_grad
+    )
     loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance, class_weight)
+    grad_image = None
+    if image_logits is not None and batch.image_target is not None:
+        extra, grad_image = image_loss(image_logits, batch.image_target, model.image_head["loss_weight"])
+        loss += extra
     if not need_grad:
         return loss, None, None
-    grad_w, grad_b = backward(model, cache, grad_logits)
+    grad_w, grad_b = model_backward(model, hcache, grad_logits, grad_image)
     return loss, grad_w, grad_b
 
 
-def _loss_and_gradients(model: Model, x: np.ndarray, lab: np.ndarray, balance: bool):
-    if not lab.any():
-        zeros_w = [np.zeros_like(w) for w in model.weights]
-        return 0.0, zeros_w, [np.zeros_like(b) for b in model.biases]
-    return batch_loss(model, make_batch(model, x, lab), balance)
+def _loss_and_gradients(model: Model, x: np.ndarray, lab: np.ndarray, balance: bool, image_target=None):
+    if not has_heads(model):
+        if not lab.any():
+            zeros_w = [np.zeros_like(w) for w in model.weights]
+            return 0.0, zeros_w, [np.zeros_like(b) for b in model.biases]
+        return batch_loss(model, make_batch(model, x, lab), balance)
+    # heads pool over the whole image: evaluate all of it
+    _, h, w = x.shape
+    py, px = model.spec.pool_factor
+    box = (0, 0, padded_size(h, py), padded_size(w, px))
+    segments = None
+    if model.superpixels is not None:
+        segments = slic_superpixels(x, model.superpixels["size"], model.superpixels["compactness"])
+    batch = make_batch(model, x, lab, box, segments, image_target)
+    return batch_loss(model, batch, balance)

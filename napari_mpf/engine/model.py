@@ -20,6 +20,11 @@ class Model:
 
     Class ``k`` (0-based output ``k``) is label value ``k + 1``. Images are normalised per channel as
     ``(image - norm_mean) / norm_std`` before the first layer.
+
+    Optional heads on the features that feed the last (1x1) layer (see :mod:`.heads`):
+    ``superpixels`` (a superpixel-pooling branch whose class scores add to every pixel's, Schuurmans
+    et al. 2018, V3) and ``image_head`` (an image-level "class present" classifier, Haloi 2017).
+    Their parameters follow the layers' in ``weights``/``biases`` (superpixel branch first).
     """
 
     spec: NetworkSpec
@@ -31,6 +36,8 @@ class Model:
     norm_mean: np.ndarray
     norm_std: np.ndarray
     provenance: dict = field(default_factory=dict)
+    superpixels: dict | None = None  # {"size", "compactness", "pool"}
+    image_head: dict | None = None  # {"loss_weight"}
 
     @property
     def n_classes(self) -> int:
@@ -39,6 +46,25 @@ class Model:
     @property
     def window(self) -> tuple[int, int]:
         return self.spec.window
+
+    @property
+    def n_layer_params(self) -> int:
+        """Number of conv/FC layers (their parameters come first in ``weights``/``biases``)."""
+        return sum(layer.kind != "pool" for layer in self.spec.layers)
+
+    @property
+    def n_features(self) -> int:
+        """Maps that feed the last layer: what the heads see at every pixel."""
+        return int(self.weights[self.n_layer_params - 1].shape[1])
+
+    def head_params(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(weight, bias)`` of head ``"superpixels"`` or ``"image_head"``."""
+        index = self.n_layer_params
+        if name == "image_head" and self.superpixels is not None:
+            index += 1
+        if getattr(self, name) is None:
+            raise KeyError(f"this model has no {name}")
+        return self.weights[index], self.biases[index]
 
     @property
     def dtype(self) -> np.dtype:
@@ -60,9 +86,14 @@ class Model:
 
     def describe(self) -> str:
         h, w = self.window
+        heads = ""
+        if self.superpixels is not None:
+            heads += f" | superpixel branch ({self.superpixels['pool']}, ~{self.superpixels['size']:g} px)"
+        if self.image_head is not None:
+            heads += f" | image-level head (weight {self.image_head['loss_weight']:g})"
         return (
             f"{self.spec.text} | {self.activation} | window {h}x{w} | "
-            f"{self.in_channels} channel(s) -> {self.n_classes} classes | {self.n_params:,} parameters"
+            f"{self.in_channels} channel(s) -> {self.n_classes} classes{heads} | {self.n_params:,} parameters"
         )
 
     @classmethod

@@ -16,7 +16,7 @@ from .spec import LayerSpec, SpecError, resolve_spec
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "save_model", "load_model", "model_header"]
 
 FORMAT = "napari-mpf-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the optional heads; a model without heads is still written as version 1
 
 
 class ModelFileError(ValueError):
@@ -27,7 +27,7 @@ def model_header(model: Model) -> dict:
     """The JSON header written into the model file."""
     return {
         "format": FORMAT,
-        "version": FORMAT_VERSION,
+        "version": FORMAT_VERSION if (model.superpixels or model.image_head) else 1,
         "spec": model.spec.text,
         "window": list(model.window),
         "layers": [
@@ -43,6 +43,8 @@ def model_header(model: Model) -> dict:
             "std": [float(v) for v in model.norm_std],
         },
         "provenance": model.provenance,
+        **({"superpixels": model.superpixels} if model.superpixels is not None else {}),
+        **({"image_head": model.image_head} if model.image_head is not None else {}),
     }
 
 
@@ -134,6 +136,29 @@ def _model_from(header: dict, arrays: dict) -> Model:
         biases.append(b)
         n_in = layer.maps
         n += 1
+    n_feat = weights[-1].shape[1]
+    superpixels, image_head = header.get("superpixels"), header.get("image_head")
+    for name, config, shape in (
+        ("superpixels", superpixels, (spec.n_classes, n_feat)),
+        ("image_head", image_head, (spec.n_classes - 1, 2 * n_feat)),
+    ):
+        if config is None:
+            continue
+        w, b = arrays[f"w{n}"], arrays[f"b{n}"]
+        if w.shape != shape or b.shape != shape[:1] or w.dtype != np.float32 or b.dtype != np.float32:
+            raise ValueError(f"the {name} weights w{n}/b{n} have shapes {w.shape}/{b.shape}; expected {shape}")
+        if not (np.isfinite(w).all() and np.isfinite(b).all()):
+            raise ValueError(f"w{n}/b{n} contain NaN or infinite values")
+        weights.append(w)
+        biases.append(b)
+        n += 1
+    if superpixels is not None:
+        superpixels = {"size": float(superpixels["size"]), "compactness": float(superpixels["compactness"]),
+                       "pool": str(superpixels["pool"])}
+        if superpixels["pool"] not in ("max", "mean") or not superpixels["size"] > 0 or not superpixels["compactness"] > 0:
+            raise ValueError(f"bad superpixel settings {superpixels}")
+    if image_head is not None:
+        image_head = {"loss_weight": float(image_head["loss_weight"])}
     if f"w{n}" in arrays:
         raise ValueError(f"more weight arrays than layers (w{n})")
     mean = arrays["norm_mean"].astype(np.float32)
@@ -155,6 +180,8 @@ def _model_from(header: dict, arrays: dict) -> Model:
         norm_mean=mean,
         norm_std=std,
         provenance=dict(header.get("provenance", {})),
+        superpixels=superpixels,
+        image_head=image_head,
     )
 
 

@@ -16,7 +16,7 @@ from . import gemm
 from . import kernels as K
 from .model import Model
 
-__all__ = ["mirror_indices", "pad_image", "padded_size", "forward", "backward", "Cache"]
+__all__ = ["mirror_indices", "pad_image", "padded_size", "forward", "forward_features", "backward", "Cache"]
 
 
 def mirror_indices(n: int, before: int, after: int) -> np.ndarray:
@@ -85,15 +85,30 @@ def forward(
     ``oh`` and ``ow`` must be multiples of the total pooling factor. With ``keep`` the activations
     are kept for :func:`backward`.
     """
+    logits, _, cache = forward_features(model, padded, keep, features=False)
+    return logits, cache
+
+
+def forward_features(
+    model: Model, padded: np.ndarray, keep: bool = False, features: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, Cache | None]:
+    """Like :func:`forward`, also returning the dense ``(C, oh, ow)`` maps that feed the last layer
+    (the per-pixel features the heads see; the last layer must then be 1x1)."""
     spec = model.spec
     dtype = model.dtype
     x = np.ascontiguousarray(padded, dtype=dtype)[None]
     inputs, outputs = [], []
     n_param = 0
     acts = _activations(model)
+    dense = None
+    last = len(spec.layers) - 1
     for li, layer in enumerate(spec.layers):
         if keep:
             inputs.append(x)
+        if features and li == last:
+            if tuple(layer.size) != (1, 1) or layer.kind == "pool":
+                raise ValueError("heads need a network whose last layer is 1x1 (fully connected)")
+            dense = interleave(x, spec)
         f, c, h, w = x.shape
         if layer.kind == "pool":
             ph, pw = layer.size
@@ -118,7 +133,7 @@ def forward(
                 outputs.append(out)
         x = out
     logits = interleave(x, spec)
-    return logits, (Cache(inputs, outputs, x.shape) if keep else None)
+    return logits, dense, (Cache(inputs, outputs, x.shape) if keep else None)
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -164,13 +179,15 @@ def deinterleave(dense: np.ndarray, spec, frag_shape: tuple) -> np.ndarray:
 
 
 def backward(
-    model: Model, cache: Cache, grad_logits: np.ndarray
+    model: Model, cache: Cache, grad_logits: np.ndarray, grad_features: np.ndarray | None = None
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Parameter gradients given the gradient of the loss w.r.t. the dense logits ``(K, oh, ow)``."""
+    """Gradients of the layers' parameters given the gradient of the loss w.r.t. the dense logits
+    ``(K, oh, ow)`` and, when heads use them, w.r.t. the dense features of :func:`forward_features`."""
     spec = model.spec
     dtype = model.dtype
     grad = deinterleave(grad_logits.astype(dtype, copy=False), spec, cache.frag_shape)
-    n_param = len(model.weights)
+    n_param = model.n_layer_params
+    last = len(spec.layers) - 1
     grad_w: list = [None] * n_param
     grad_b: list = [None] * n_param
     acts = _activations(model)
@@ -205,5 +222,7 @@ def backward(
             if grad_in is not None:
                 K.conv_backward_input(grad, wgt, grad_in)
         grad_w[n_param] = gw
+        if grad_features is not None and li == last and grad_in is not None:
+            grad_in += deinterleave(grad_features.astype(dtype, copy=False), spec, x_in.shape)
         grad = grad_in
     return grad_w, grad_b

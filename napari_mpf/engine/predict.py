@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .inputs import as_image
+from .heads import PooledFeatures, has_heads
+from .inputs import InputError, as_image
 from .model import Model
-from .network import forward, pad_image, padded_size
+from .network import forward, forward_features, pad_image, padded_size
+from .superpixels import refine_probabilities, slic_superpixels, sp_broadcast
 
-__all__ = ["logits_from_padded", "normalise", "predict_logits", "predict_proba", "softmax", "segment", "DEFAULT_TILE"]
+__all__ = [
+    "DEFAULT_TILE",
+    "Prediction",
+    "logits_from_padded",
+    "normalise",
+    "predict",
+    "predict_from_padded",
+    "predict_logits",
+    "predict_proba",
+    "refine_with_superpixels",
+    "segment",
+    "sigmoid",
+    "softmax",
+]
 
 #: Output tile side (pixels) for prediction; rounded to a multiple of the pooling factor.
 DEFAULT_TILE = 512
@@ -23,32 +40,99 @@ def normalise(model: Model, image) -> np.ndarray:
     return (x.astype(dtype) - mean) / std
 
 
-def predict_logits(model: Model, image, tile: int = DEFAULT_TILE) -> np.ndarray:
-    """Class scores ``(K, H, W)`` for every pixel of an ``(H, W)`` or ``(C, H, W)`` image."""
+@dataclass
+class Prediction:
+    """Class scores ``(K, H, W)`` of every pixel; with an image-level head also its logits
+    ``(K - 1,)`` ("class k + 1 present"); with a superpixel branch the superpixels used."""
+
+    logits: np.ndarray
+    image_logits: np.ndarray | None = None
+    segments: np.ndarray | None = None
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return softmax(self.logits.astype(np.float32))
+
+    @property
+    def image_probabilities(self) -> np.ndarray | None:
+        return None if self.image_logits is None else sigmoid(self.image_logits)
+
+
+def predict(model: Model, image, tile: int = DEFAULT_TILE) -> Prediction:
+    """Everything the model says about an ``(H, W)`` or ``(C, H, W)`` image (see :class:`Prediction`)."""
     x = normalise(model, image)
     _, h, w = x.shape
     py, px = model.spec.pool_factor
+    segments = None
+    if model.superpixels is not None:
+        segments = slic_superpixels(x, model.superpixels["size"], model.superpixels["compactness"])
     padded = pad_image(x, model.window, (padded_size(h, py), padded_size(w, px)))
-    return logits_from_padded(model, padded, (h, w), tile)
+    return predict_from_padded(model, padded, (h, w), tile, segments)
+
+
+def predict_logits(model: Model, image, tile: int = DEFAULT_TILE) -> np.ndarray:
+    """Class scores ``(K, H, W)`` for every pixel of an ``(H, W)`` or ``(C, H, W)`` image."""
+    return predict(model, image, tile).logits
 
 
 def logits_from_padded(model: Model, padded: np.ndarray, shape: tuple[int, int], tile: int = DEFAULT_TILE) -> np.ndarray:
     """Class scores ``(K, h, w)`` from a normalised input that holds the window's margins and
     covers at least ``(padded_size(h), padded_size(w))`` outputs, evaluated in tiles of at most
-    ``tile`` outputs (rounded to the pooling factor)."""
+    ``tile`` outputs (rounded to the pooling factor). For a part of an image (chunks): a model with
+    a superpixel branch needs the whole image and is refused; an image-level head is ignored."""
+    if model.superpixels is not None:
+        raise InputError(
+            "a model with a superpixel branch needs the whole image at once; "
+            "predict in memory (chunked prediction is not available for it)"
+        )
+    return predict_from_padded(model, padded, shape, tile, None, heads=False).logits
+
+
+def predict_from_padded(
+    model: Model, padded: np.ndarray, shape: tuple[int, int], tile: int = DEFAULT_TILE,
+    segments: np.ndarray | None = None, heads: bool = True,
+) -> Prediction:
+    """:class:`Prediction` of a whole image from its padded normalised input, in tiles; the heads'
+    poolings are combined over the tiles, so the result does not depend on ``tile``."""
     h, w = shape
     py, px = model.spec.pool_factor
     wh, ww = model.window
     th, tw = padded_size(max(tile, py), py), padded_size(max(tile, px), px)
     oh, ow = padded_size(h, py), padded_size(w, px)
     out = np.empty((model.n_classes, h, w), model.dtype)
+    use_heads = heads and has_heads(model)
+    pooled = PooledFeatures()
+    n_segments = int(segments.max()) + 1 if segments is not None and segments.size else 0
     for y0 in range(0, h, th):
         ty = min(th, oh - y0)
         for x0 in range(0, w, tw):
             tx = min(tw, ow - x0)
-            logits, _ = forward(model, padded[:, y0 : y0 + ty + wh - 1, x0 : x0 + tx + ww - 1])
-            out[:, y0 : y0 + ty, x0 : x0 + tx] = logits[:, : h - y0, : w - x0]
-    return out
+            part = padded[:, y0 : y0 + ty + wh - 1, x0 : x0 + tx + ww - 1]
+            vh, vw = min(ty, h - y0), min(tx, w - x0)
+            if use_heads:
+                logits, feats, _ = forward_features(model, part)
+                tile_segments = None
+                if segments is not None:
+                    tile_segments = np.full((ty, tx), -1, np.int32)
+                    tile_segments[:vh, :vw] = segments[y0 : y0 + vh, x0 : x0 + vw]
+                pooled.add(model, feats, tile_segments, n_segments, (vh, vw))
+            else:
+                logits, _ = forward(model, part)
+            out[:, y0 : y0 + vh, x0 : x0 + vw] = logits[:, :vh, :vw]
+    prediction = Prediction(out, segments=segments if use_heads else None)
+    if use_heads and model.superpixels is not None:
+        out += sp_broadcast(pooled.superpixel_scores(model), np.ascontiguousarray(segments, np.int32))
+    if use_heads and model.image_head is not None:
+        prediction.image_logits = pooled.image_logits(model)
+    return prediction
+
+
+def refine_with_superpixels(model: Model, image, probabilities: np.ndarray, size: float,
+                            compactness: float = 0.3) -> np.ndarray:
+    """Superpixel post-processing (Schuurmans et al. 2018, V1): every class probability averaged
+    over each SLIC superpixel of mean area ``size`` pixels (computed on the normalised image)."""
+    segments = slic_superpixels(normalise(model, image), size, compactness)
+    return refine_probabilities(probabilities, segments)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -57,6 +141,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     np.exp(z, out=z)
     z /= z.sum(axis=0, keepdims=True)
     return z
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, np.float64)
+    return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)
 
 
 def predict_proba(model: Model, image, tile: int = DEFAULT_TILE) -> np.ndarray:

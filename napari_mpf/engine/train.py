@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .heads import has_heads
 from .inputs import InputError, check_training_pairs
 from .loss import Batch, batch_loss, crop_box, make_batch
 from .model import Model
 from .optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
 from .predict import normalise, predict_proba
+from .superpixels import slic_superpixels
 
 __all__ = ["TrainConfig", "Progress", "Trainer", "train", "fit"]
 
@@ -34,7 +36,8 @@ class TrainConfig:
     background counts as little as that background does in the set); ``False``: plain mean.
     ``crop``: when the painted pixels spread over more than ``crop`` x ``crop`` pixels, each step
     trains on a random box of that size around a painted pixel (much faster steps on large images;
-    ``None`` = always the whole box of painted pixels).
+    ``None`` = always the whole box of painted pixels). ``crop_by_class``: the crop's painted pixel
+    is drawn class first, so rare classes are seen as often as common ones.
     """
 
     steps: int = 200
@@ -48,6 +51,7 @@ class TrainConfig:
     preview_every: int = 0
     preview_index: int = 0
     crop: int | None = 256
+    crop_by_class: bool = False
 
     def check(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -98,7 +102,7 @@ class Trainer:
     pair is loaded per step and the data set never has to fit in memory.
     """
 
-    def __init__(self, model: Model, images, labels=None, config: TrainConfig | None = None):
+    def __init__(self, model: Model, images, labels=None, config: TrainConfig | None = None, image_labels=None):
         self.config = config or TrainConfig()
         self.config.check()
         self.model = model
@@ -113,6 +117,8 @@ class Trainer:
             n = len(self.images)
         if not 0 <= self.config.preview_index < n:
             raise InputError(f"preview_index {self.config.preview_index} is not one of the {n} images")
+        self.image_targets = self._image_targets(image_labels, n)
+        self._segments: dict[int, np.ndarray] = {}
         self._preview_requested = False
         self._class_weight: np.ndarray | None = None
         self.last_loss = float("nan")
@@ -133,9 +139,11 @@ class Trainer:
         rng = np.random.default_rng(cfg.seed)
         if self.dataset is None:
             xs = [normalise(model, img) for img in self.images]
-            usable = [i for i, lab in enumerate(self.labels) if lab.any()]
+            usable = [i for i, lab in enumerate(self.labels) if lab.any() or self._has_target(i)]
         else:  # stream: one pair loaded (and normalised) per step
             usable = list(self.dataset.usable)
+        if not usable:
+            raise InputError("nothing to learn from: no image has painted pixels or an image-level label")
         self._class_weight = self._global_class_weight(len(usable)) if cfg.balance == "global" else None
         base_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
         # weights become views into one flat vector that the optimiser updates in place
@@ -148,7 +156,7 @@ class Trainer:
         provenance.setdefault("steps", 0)
         provenance.update(
             optimizer=cfg.optimizer, lr=base_lr, schedule=cfg.schedule, augment=cfg.augment,
-            balance=cfg.balance, seed=cfg.seed, crop=cfg.crop,
+            balance=cfg.balance, seed=cfg.seed, crop=cfg.crop, crop_by_class=cfg.crop_by_class,
         )
         for step in range(1, int(cfg.steps) + 1):
             if not order:
@@ -159,11 +167,20 @@ class Trainer:
             else:
                 image, lab = self.dataset.pair(index)
                 x = normalise(model, image)
+            segments = self._superpixels(index, x)
             if cfg.augment:
-                x, lab = _dihedral(x, lab, int(rng.integers(8)))
+                k = int(rng.integers(8))
+                x, lab = _dihedral(x, lab, k)
+                if segments is not None:
+                    segments = _dihedral(segments[None], segments, k)[1]
             lab = np.ascontiguousarray(lab)
-            box = crop_box(model, lab, int(cfg.crop), rng) if cfg.crop else None
-            batch = make_batch(model, np.ascontiguousarray(x), lab, box)
+            if has_heads(model):  # heads pool over the image: crops of the image, not of the strokes
+                box = crop_box(model, lab, cfg.crop, rng, cfg.crop_by_class, whole=True)
+            else:
+                box = crop_box(model, lab, int(cfg.crop), rng, cfg.crop_by_class) if cfg.crop else None
+            target = None if self.image_targets is None else self.image_targets[index]
+            batch = make_batch(model, np.ascontiguousarray(x), lab, box,
+                               None if segments is None else np.ascontiguousarray(segments), target)
             lr = base_lr * _schedule(cfg.schedule, step, int(cfg.steps))
             loss = self._step(opt, theta, views, batch, lr)
             if math.isfinite(loss):
@@ -181,6 +198,49 @@ class Trainer:
             yield Progress(step, int(cfg.steps), loss, time.perf_counter() - start, lr, index, probs)
         provenance["final_loss"] = self.last_loss
         return model
+
+    def _image_targets(self, image_labels, n: int) -> list[np.ndarray] | None:
+        """Per image, ``K - 1`` image-level targets (1 present, 0 absent, NaN unknown) for the
+        image-level head. Given ``image_labels`` (per image: a bool for two classes, a sequence of
+        ``K - 1`` bools, or None = unknown) or else read from the painted labels: a class painted in
+        an image is present; an image with strokes but none of a class counts as without it."""
+        if self.model.image_head is None:
+            if image_labels is not None:
+                raise InputError("image-level labels were given but the model has no image-level head")
+            return None
+        j = self.model.n_classes - 1
+        targets = []
+        if image_labels is not None:
+            if len(image_labels) != n:
+                raise InputError(f"{len(image_labels)} image-level label(s) for {n} images")
+            for i, value in enumerate(image_labels):
+                t = np.full(j, np.nan) if value is None else np.atleast_1d(np.asarray(value, np.float64))
+                if t.shape != (j,) or not np.all(np.isnan(t) | (t == 0) | (t == 1)):
+                    raise InputError(f"image-level label of image {i} must be {j} value(s) of 0/1 (or None), got {value!r}")
+                targets.append(t)
+            return targets
+        if self.labels is None:  # a streamed data set: read per pair
+            return [self._targets_from_labels(self.dataset.pair(i)[1], j) for i in range(n)]
+        return [self._targets_from_labels(lab, j) for lab in self.labels]
+
+    @staticmethod
+    def _targets_from_labels(lab: np.ndarray, j: int) -> np.ndarray:
+        counts = np.bincount(np.asarray(lab).ravel(), minlength=j + 2)
+        if counts[1:].sum() == 0:
+            return np.full(j, np.nan)
+        return (counts[2 : j + 2] > 0).astype(np.float64)
+
+    def _has_target(self, index: int) -> bool:
+        return self.image_targets is not None and bool(np.isfinite(self.image_targets[index]).any())
+
+    def _superpixels(self, index: int, x: np.ndarray) -> np.ndarray | None:
+        """SLIC superpixels of a normalised training image (cached per image)."""
+        sp = self.model.superpixels
+        if sp is None:
+            return None
+        if index not in self._segments or self.dataset is not None:
+            self._segments[index] = slic_superpixels(x, sp["size"], sp["compactness"])
+        return self._segments[index]
 
     def _global_class_weight(self, n_images: int) -> np.ndarray | None:
         """``n_images / (K_present * N_k)`` from the class counts of all training labels, so that the
@@ -244,14 +304,17 @@ def _flat_grad(grad_w: Sequence[np.ndarray], grad_b: Sequence[np.ndarray]) -> np
     return np.concatenate([g.ravel() for g in (*grad_w, *grad_b)]).astype(np.float64)
 
 
-def train(model: Model, images, labels, config: TrainConfig | None = None) -> Generator[Progress, None, Model]:
-    """``Trainer(model, images, labels, config).run()``: yields :class:`Progress`, returns the model."""
-    return Trainer(model, images, labels, config).run()
+def train(model: Model, images, labels, config: TrainConfig | None = None,
+          image_labels=None) -> Generator[Progress, None, Model]:
+    """``Trainer(model, images, labels, config, image_labels).run()``: yields :class:`Progress`,
+    returns the model."""
+    return Trainer(model, images, labels, config, image_labels).run()
 
 
-def fit(model: Model, images, labels, config: TrainConfig | None = None, callback=None) -> Model:
+def fit(model: Model, images, labels, config: TrainConfig | None = None, callback=None,
+        image_labels=None) -> Model:
     """Train to the end; ``callback(progress)`` is called after every step."""
-    gen = train(model, images, labels, config)
+    gen = train(model, images, labels, config, image_labels)
     while True:
         try:
             progress = next(gen)

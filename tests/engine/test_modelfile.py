@@ -36,7 +36,7 @@ def test_file_is_readable_without_napari_mpf(tmp_path, model):
     path = save_model(model, tmp_path / "m.npz")
     with np.load(path, allow_pickle=False) as data:
         header = json.loads(str(data["header"]))
-        assert header["format"] == "napari-mpf-model" and header["version"] == FORMAT_VERSION
+        assert header["format"] == "napari-mpf-model" and header["version"] == 1  # no heads: still version 1
         assert header["window"] == list(model.window)
         assert [d["kind"] for d in header["layers"]] == ["conv", "pool", "conv", "fc", "fc"]
         assert data["w0"].shape == (4, 2, 3, 3) and data["w0"].dtype == np.float32
