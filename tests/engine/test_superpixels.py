@@ -198,7 +198,7 @@ def test_slic_contiguous_and_roughly_sized(slic_calls):
     n = int(labels.max()) + 1
     np.testing.assert_array_equal(np.unique(labels), np.arange(n))
     assert 32 <= n <= 128  # 128 * 128 / 256 = 64 requested
-    assert slic_calls == [(64, 0.1)]
+    assert slic_calls == [(64, 0.3)]
 
 
 def test_slic_cache(slic_calls):
