@@ -267,7 +267,8 @@ class Variant:
         if self.kind == "mpf":
             bits = [str(p.get("spec") or p.get("preset")), p.get("activation"), p.get("optimizer"),
                     f"crop {p.get('crop')}"]
-            bits += [f"{k}={p[k]}" for k in ("lr", "schedule", "augment", "balance", "downsample", "norm")
+            bits += [f"{k}={p[k]}" for k in ("lr", "schedule", "augment", "balance", "downsample", "norm", "by_class",
+                                             "sp_branch", "sp_pool", "sp_compactness", "image_head", "refine")
                      if k in p and p[k] != MPF_DEFAULTS.get(k)]
             return "mpf " + ", ".join(str(b) for b in bits)
         defaults = RF_DEFAULTS if self.kind == "rf" else {}
@@ -320,11 +321,14 @@ def parse_variants(texts: Sequence[str] | None, base: dict) -> list[Variant]:
 
 @dataclass
 class Fitted:
-    """A trained method: ``predict(image) -> (H, W)`` probability of the positive class."""
+    """A trained method: ``predict(image) -> (H, W)`` probability of the positive class; methods with
+    an image-level output also give ``predict_image(image) -> float`` (probability the image holds
+    the positive class)."""
 
     predict: Callable[[np.ndarray], np.ndarray]
     train_seconds: float
     info: dict = field(default_factory=dict)
+    predict_image: Callable[[np.ndarray], float] | None = None
 
 
 METHODS: dict[str, Callable[..., Fitted]] = {}
@@ -339,7 +343,8 @@ def register_method(kind: str):
 
 MPF_DEFAULTS = dict(preset="fast", spec=None, activation="tanh", optimizer="adam", lr=None,
                     schedule="cosine", augment=True, balance=True, crop=256, steps=None,
-                    budget=180.0, seed=0)
+                    budget=180.0, seed=0, by_class=False, sp_branch=None, sp_pool="max",
+                    sp_compactness=0.3, image_head=None, refine=None)
 RF_DEFAULTS = dict(n_estimators=50, max_depth=10, max_pixels=200_000, class_weight=None, seed=0,
                    sigma_min=1.0, sigma_max=16.0)
 
@@ -355,8 +360,13 @@ def mpf_base_from_args(args) -> dict:
 
 
 @register_method("mpf")
-def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=print) -> Fitted:
+def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=print, image_labels=None) -> Fitted:
     """Our network through the engine's Trainer, stopped when the time budget is spent.
+
+    Seed methods as settings: ``sp_branch=SIZE`` (superpixel branch, V3; ``sp_pool``,
+    ``sp_compactness``), ``image_head=WEIGHT`` (image-level head, trained on ``image_labels`` when
+    given, else on labels read from the strokes), ``refine=SIZE`` (superpixel post-processing, V1),
+    ``by_class=true`` (crop centres drawn class first).
 
     Without ``steps`` the run is fitted to the budget: the trainer starts with a huge step count,
     and after every step the planned total ``trainer.config.steps`` (which the engine's cosine
@@ -365,19 +375,28 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     machine's load changes during the run.
     """
     from napari_mpf.engine import Model, TrainConfig, Trainer
+    from napari_mpf.engine.heads import add_image_head, add_superpixel_branch
+    from napari_mpf.engine.predict import predict as engine_predict
+    from napari_mpf.engine.predict import refine_with_superpixels
 
     t0 = time.perf_counter()
     spec = p.get("spec") or p.get("preset") or "fast"
     model = Model.for_data(images, labels, spec=spec, activation=p.get("activation", "tanh"), seed=int(p.get("seed", 0)))
+    compactness = float(p.get("sp_compactness") or 0.3)
+    if p.get("sp_branch"):
+        add_superpixel_branch(model, float(p["sp_branch"]), compactness, str(p.get("sp_pool") or "max"))
+    if p.get("image_head") not in (None, False):
+        add_image_head(model, 1.0 if p["image_head"] is True else float(p["image_head"]))
     budget = float(p.get("budget") or 0) or None
     cfg = dict(optimizer=p.get("optimizer", "adam"), lr=p.get("lr"), schedule=p.get("schedule", "cosine"),
                augment=bool(p.get("augment", True)), balance=p["balance"] if p.get("balance") == "global" else bool(p.get("balance", True)),
-               crop=p.get("crop", 256), seed=int(p.get("seed", 0)))
+               crop=p.get("crop", 256), seed=int(p.get("seed", 0)), crop_by_class=bool(p.get("by_class", False)))
     steps = p.get("steps")
     adaptive = steps is None and budget is not None
     if steps is None:
         steps = 1_000_000 if adaptive else 200
-    trainer = Trainer(model, images, labels, TrainConfig(steps=int(steps), **cfg))
+    trainer = Trainer(model, images, labels, TrainConfig(steps=int(steps), **cfg),
+                      image_labels=image_labels if model.image_head is not None else None)
     max_steps = int(steps)
     losses, stamps, done = [], [], 0
     for prog in trainer.run():
@@ -398,14 +417,26 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
         if budget is not None and now - t0 > budget:
             break
     seconds = time.perf_counter() - t0
-    from napari_mpf.engine import predict_proba
+    refine = p.get("refine")
+    last: dict = {}
+
+    def run(image):
+        if last.get("image") is not image:
+            last["image"], last["pred"] = image, engine_predict(model, image)
+        return last["pred"]
 
     def predict(image):
-        return predict_proba(model, image)[1]
+        probs = run(image).probabilities
+        if refine:
+            probs = refine_with_superpixels(model, image, probs, float(refine), compactness)
+        return probs[1]
+
+    def predict_image(image):
+        return float(run(image).image_probabilities[0])
 
     info = dict(steps_planned=int(trainer.config.steps), steps_done=done, final_loss=float(np.nanmean(losses[-50:])),
                 model=model.describe())
-    return Fitted(predict, seconds, info)
+    return Fitted(predict, seconds, info, predict_image if model.image_head is not None else None)
 
 
 def rf_features(image: np.ndarray, p: dict) -> np.ndarray:
@@ -416,7 +447,7 @@ def rf_features(image: np.ndarray, p: dict) -> np.ndarray:
 
 
 @register_method("rf")
-def fit_rf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=print) -> Fitted:
+def fit_rf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=print, image_labels=None) -> Fitted:
     """The scikit-image peer: ``multiscale_basic_features`` + a random forest (50 trees, depth 10).
 
     At most ``max_pixels`` painted pixels (a seeded random subset, all of them when fewer) are fed to
@@ -458,15 +489,18 @@ def standardise(image: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / max(float(x.std()), 1e-6)
 
 
-def run_method(variant: Variant, images: list[np.ndarray], labels: list[np.ndarray], log=print) -> Fitted:
-    """Fit ``variant``; with ``norm=image`` every image (training and prediction) is first
-    standardised on its own statistics (brightness varies from slice to slice)."""
+def run_method(variant: Variant, images: list[np.ndarray], labels: list[np.ndarray], log=print,
+               image_labels=None) -> Fitted:
+    """Fit ``variant`` (``image_labels``: per image, whether it holds the positive class; methods
+    without an image-level output ignore them); with ``norm=image`` every image (training and
+    prediction) is first standardised on its own statistics (brightness varies from slice to slice)."""
     fit = METHODS[variant.kind]
     if variant.params.get("norm") != "image":
-        return fit(images, labels, variant.params, log=log)
-    fitted = fit([standardise(x) for x in images], labels, variant.params, log=log)
-    inner = fitted.predict
-    return Fitted(lambda image: inner(standardise(image)), fitted.train_seconds, fitted.info)
+        return fit(images, labels, variant.params, log=log, image_labels=image_labels)
+    fitted = fit([standardise(x) for x in images], labels, variant.params, log=log, image_labels=image_labels)
+    inner, inner_image = fitted.predict, fitted.predict_image
+    return Fitted(lambda image: inner(standardise(image)), fitted.train_seconds, fitted.info,
+                  None if inner_image is None else (lambda image: inner_image(standardise(image))))
 
 
 def timed_predict(fitted: Fitted, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:

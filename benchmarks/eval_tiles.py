@@ -18,7 +18,13 @@ Metrics on the validation images, with and without the "Uneven" category:
   chosen on validation, as in the paper. "same set" chooses T on the very images it scores
   (the paper's protocol, optimistic); "cross-fit" splits the validation groups in two halves and
   scores each half with the T chosen on the other (honest);
-- per category: images, detection error (cross-fit T), defect-pixel and background-pixel error.
+- per category: images, detection error (cross-fit T), defect-pixel and background-pixel error;
+- for methods with an image-level head: detection error of "head probability > 0.5" (no threshold
+  fitted) and of the head probability with a cross-fitted threshold.
+
+``--pixel-label-share 0.25`` keeps pixel labels on a quarter of the training images (seeded, per
+category) and gives every training image its image-level label (``is_defective``): the regime
+where an image-level head may help the segmentation.
 
     .venv/bin/python benchmarks/eval_tiles.py --downsample 4 --budget-seconds 180 \\
         --out benchmarks/RESULTS_ACCURACY.md
@@ -48,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--val-fraction", type=float, default=0.3, help="share of the groups used for validation")
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--n-pixels", type=int, default=5000, help="pixels per class in the balanced sample")
+    ap.add_argument("--pixel-label-share", type=float, default=1.0,
+                    help="share of the training images that keep their pixel labels (seeded, stratified by "
+                         "category); the others train only through image-level labels (is_defective)")
     ap.add_argument("--rf-max-pixels", type=int, default=200_000)
     ec.add_common_args(ap)
     return ap
@@ -98,6 +107,22 @@ def upsample(p: np.ndarray, shape) -> np.ndarray:
     return resize(p, shape, order=1, mode="edge", anti_aliasing=False).astype(np.float32)
 
 
+def keep_pixel_labels(category: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Which training images keep their pixel labels: ``share`` of each category (at least one), seeded."""
+    rng = np.random.default_rng(seed + 1)
+    keep = np.zeros(category.size, bool)
+    for c in np.unique(category):
+        idx = rng.permutation(np.flatnonzero(category == c))
+        keep[idx[: max(1, int(round(share * idx.size)))]] = True
+    return keep
+
+
+def _pair(row: dict, key: str) -> str:
+    if f"{key}_all" not in row:
+        return "–"
+    return f"{row[f'{key}_all']:.3f} ({row[f'{key}_no_uneven']:.3f})"
+
+
 def main(argv=None) -> list[dict]:
     args = build_parser().parse_args(argv)
     with np.load(args.data) as npz:  # read every array once (NpzFile re-reads on each access)
@@ -128,6 +153,11 @@ def main(argv=None) -> list[dict]:
         img, m = full(i)
         x_train.append(down(img, f))
         y_train.append(low_res_labels(m, f, args.label_frac))
+    image_labels = [bool(d["is_defective"][i]) for i in idx_train]
+    if args.pixel_label_share < 1:
+        keep = keep_pixel_labels(cat[idx_train], args.pixel_label_share, args.split_seed)
+        y_train = [y if k else np.zeros_like(y) for y, k in zip(y_train, keep, strict=True)]
+        print(f"pixel labels kept on {int(keep.sum())} of {len(keep)} training images", flush=True)
     val_img, val_mask = zip(*(full(i) for i in idx_val), strict=True)
     cat_val = cat[idx_val]
     defective = cat_val != 0
@@ -147,11 +177,15 @@ def main(argv=None) -> list[dict]:
     results = []
     for v in variants:
         print(f"{v.name}: {v.describe()}", flush=True)
-        fitted = ec.run_method(v, x_train, y_train)
-        probs, t0 = [], ec.time.perf_counter()
+        fitted = ec.run_method(v, x_train, y_train, image_labels=image_labels)
+        probs, p_image, t0 = [], [], ec.time.perf_counter()
         for img in val_img:
-            probs.append(upsample(np.asarray(fitted.predict(down(img, f)), np.float32), img.shape))
+            small = down(img, f)
+            probs.append(upsample(np.asarray(fitted.predict(small), np.float32), img.shape))
+            if fitted.predict_image is not None:
+                p_image.append(fitted.predict_image(small))
         pred_s = (ec.time.perf_counter() - t0) / max(1, len(val_img))
+        p_image = np.array(p_image) if p_image else None
         counts = np.array([np.count_nonzero(p > 0.5) for p in probs])
         # pixel threshold chosen on a balanced sample of the training images (low resolution, their labels)
         p_tr = [np.asarray(fitted.predict(x), np.float32) for x in x_train]
@@ -172,6 +206,11 @@ def main(argv=None) -> list[dict]:
             row[f"det_same_{tag}"] = ec.detection_error(counts[sel], defective[sel], t_same)
             row[f"det_cross_{tag}"], _ = ec.crossfit_detection_error(counts[sel], defective[sel], fold[sel])
             row[f"det_all_{tag}"] = float(np.mean(~defective[sel]))  # error of "flag every image"
+            if p_image is not None:
+                row[f"det_head_{tag}"] = float(np.mean((p_image[sel] > 0.5) != defective[sel]))
+                # the count machinery on a probability: thresholds on integer "counts" of 1e-4 steps
+                scaled = np.round(p_image[sel] * 10_000)
+                row[f"det_head_cross_{tag}"], _ = ec.crossfit_detection_error(scaled, defective[sel], fold[sel])
         # per category, with the cross-fit thresholds over all validation images
         per = []
         thr_fold = {}
@@ -192,6 +231,10 @@ def main(argv=None) -> list[dict]:
                             defect_share=float(np.mean([val_mask[k].mean() for k in sel]))))
         row["per_category"] = per
         results.append(row)
+        if p_image is not None:
+            print(f"    image head: detection err p>0.5 {row['det_head_all']:.3f} ({row['det_head_no_uneven']:.3f} "
+                  f"w/o Uneven), cross-fit {row['det_head_cross_all']:.3f} ({row['det_head_cross_no_uneven']:.3f})",
+                  flush=True)
         print(f"    balanced px err {row['bal_all']:.3f} (no Uneven {row['bal_no_uneven']:.3f}), at train thr "
               f"{thr_train:.2f}: {row['bal_thr_all']:.3f} ({row['bal_thr_no_uneven']:.3f}); detection "
               f"cross-fit {row['det_cross_all']:.3f} ({row['det_cross_no_uneven']:.3f}), same-set "
@@ -200,7 +243,8 @@ def main(argv=None) -> list[dict]:
 
     headers = ["row", "bal. px err", "bal. px err w/o Uneven", "bal. px err @thr train (thr)", "w/o Uneven",
                "detection err (cross-fit)",
-               "w/o Uneven", "detection err (same set)", "w/o Uneven", "flag-all err", "train s",
+               "w/o Uneven", "detection err (same set)", "w/o Uneven", "flag-all err",
+               "head det. err p>0.5 (w/o Uneven)", "head det. err cross-fit (w/o Uneven)", "train s",
                "predict s/image", "method, steps"]
     rows = []
     for r in results:
@@ -209,11 +253,14 @@ def main(argv=None) -> list[dict]:
                                else f"; {r['info'].get('train_pixels')} train px")
         rows.append([r["variant"], r["bal_all"], r["bal_no_uneven"], f"{r['bal_thr_all']:.3f} ({r['thr_train']:.2f})",
                      r["bal_thr_no_uneven"], r["det_cross_all"], r["det_cross_no_uneven"],
-                     r["det_same_all"], r["det_same_no_uneven"], r["det_all_all"], f"{r['train_s']:.0f}",
+                     r["det_same_all"], r["det_same_no_uneven"], r["det_all_all"],
+                     _pair(r, "det_head"), _pair(r, "det_head_cross"), f"{r['train_s']:.0f}",
                      f"{r['pred_s']:.3f}", extra])
     text = ec.report_header(
         f"Magnetic tiles: {len(idx_train)} train / {len(idx_val)} validation images, split by group, "
-        f"down-sampled {f}x{' (QUICK)' if args.quick else ''}") + "\n" + ec.markdown_table(headers, rows)
+        f"down-sampled {f}x"
+        + (f", pixel labels on {args.pixel_label_share:.0%} of the training images" if args.pixel_label_share < 1 else "")
+        + (" (QUICK)" if args.quick else "")) + "\n" + ec.markdown_table(headers, rows)
     cat_rows = []
     for r in results:
         for pc in r["per_category"]:
