@@ -182,3 +182,21 @@ def test_eval_tiles_quick_on_synthetic(tmp_path):
             assert 0.0 <= r[key] <= 1.0
         assert {pc["category"] for pc in r["per_category"]} <= {"MT_Free", "MT_Blowhole", "MT_Break", "MT_Uneven"}
     assert "Per category" in out.read_text()
+
+    # the seed methods as rows, with pixel labels on a quarter of the training images
+    out2 = tmp_path / "t2.md"
+    rows = eval_tiles.main(["--quick", "--data", str(path), "--downsample", "2", "--val-fraction", "0.5",
+                            "--n-pixels", "100", "--pixel-label-share", "0.25", "--out", str(out2),
+                            "--variants", "head:image_head=1,sp_branch=20,refine=30"])
+    (row,) = rows
+    assert 0.0 <= row["det_head_all"] <= 1.0 and 0.0 <= row["det_head_cross_no_uneven"] <= 1.0
+    assert "image_head=1" in row["method"] and "sp_branch=20" in row["method"]
+    assert "pixel labels on 25%" in out2.read_text()
+
+
+def test_keep_pixel_labels_per_category():
+    import eval_tiles
+
+    category = np.array([0] * 8 + [1] * 4 + [2])
+    keep = eval_tiles.keep_pixel_labels(category, 0.25, 0)
+    assert keep[:8].sum() == 2 and keep[8:12].sum() == 1 and keep[12]
