@@ -23,6 +23,9 @@ PROG = "napari-mpf"
 _PROB_EXT = (".npy", ".tif", ".tiff", ".npz")
 _SEG_EXT = (".tif", ".tiff", ".png", ".npy", ".npz")
 _PROB_DTYPES = ("uint8", "float16", "float32")
+_SP_POOLS = ("max", "mean")
+_SP_COMPACTNESS = 0.3
+_IMAGE_LABEL_WORDS = {"1": 1.0, "yes": 1.0, "true": 1.0, "0": 0.0, "no": 0.0, "false": 0.0, "": None, "?": None}
 
 
 class CLIError(Exception):
@@ -105,8 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-balance", action="store_true", help="plain loss instead of the class-balanced one")
     t.add_argument("--seed", type=int, default=0, help="seed for weights, augmentation and --sample-labels (default 0)")
     t.add_argument("--class-names", metavar="A,B,...", help="names of classes 1..K, comma separated")
+    t.add_argument("--crop-by-class", action="store_true", help="centre each step's crop on a painted pixel drawn class first, so rare classes are seen as often as common ones")
     t.add_argument("--out", required=True, metavar="MODEL.npz", help="where to save the trained model")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    heads = t.add_argument_group(
+        "heads (added to the new model and trained with it; they need a last layer of 1x1, as in the presets and "
+        "any spec without IN<h>x<w>)")
+    heads.add_argument("--superpixel-branch", type=_positive_float, metavar="SIZE",
+                       help="add a superpixel branch: features pooled over SLIC superpixels of mean area SIZE pixels give "
+                       "class scores added to every pixel of the superpixel")
+    heads.add_argument("--superpixel-pool", choices=_SP_POOLS, default=None, help="pooling of the superpixel branch (default max)")
+    heads.add_argument("--superpixel-compactness", type=_positive_float, default=None, metavar="C",
+                       help=f"SLIC compactness of the superpixel branch (default {_SP_COMPACTNESS:g})")
+    heads.add_argument("--image-head", type=_positive_float, nargs="?", const=1.0, default=None, metavar="WEIGHT",
+                       help="add an image-level head: one 'class present' probability per class after the first (for two "
+                       "classes: p(defect present)), trained with loss weight WEIGHT (default 1.0) beside the pixel loss")
+    heads.add_argument("--image-labels", metavar="FILE",
+                       help="image-level labels for --image-head: a text file with one line per training image (or slice), "
+                       "1/0, yes/no or true/false, and empty or ? for unknown; with more than two classes, one comma-separated "
+                       "value per class after the first (default: from the strokes: a class painted in an image is present; "
+                       "an image with strokes but none of a class is without it)")
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -115,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Write class probabilities (K, H, W) per image, (Z, K, H, W) for a stack, float32; optionally the "
             "segmentation (labels 1..K). With --out STORE.zarr the volume is processed chunk by chunk with dask "
-            "(bounded memory, progress, resumable, optionally on a dask.distributed cluster)."
+            "(bounded memory, progress, resumable, optionally on a dask.distributed cluster). For a model with an "
+            "image-level head, the per-image 'class present' probabilities are printed, stored in a .npz output "
+            "(array image_probabilities) and in the --counts CSV (columns p_image_<class>)."
         ),
     )
     p.add_argument("--model", required=True, metavar="MODEL.npz")
@@ -128,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count-class", metavar="CLASS", help="class whose objects are counted: a class name or label 2..K (default: label 2)")
     p.add_argument("--threshold", type=_fraction, default=0.5, help="probability threshold of an object pixel (default 0.5)")
     p.add_argument("--min-area", type=_positive_int, default=1, help="smallest object in pixels (default 1)")
+    p.add_argument("--refine-superpixels", type=_positive_float, metavar="SIZE",
+                   help="average the class probabilities over each SLIC superpixel of mean area SIZE pixels before "
+                   "segmenting, counting and saving (in-memory outputs only, not .zarr)")
+    p.add_argument("--superpixel-compactness", type=_positive_float, default=None, metavar="C",
+                   help=f"SLIC compactness of --refine-superpixels (default {_SP_COMPACTNESS:g})")
     big = p.add_argument_group("big volumes (--out STORE.zarr)")
     big.add_argument("--chunks", metavar="N|ROWS,COLS", help="output chunk (tile) size; each reads the window's halo around it (default 1024)")
     big.add_argument("--scheduler", metavar="WHERE", help="'local' (a local dask.distributed cluster; the default when distributed is installed), 'threads' (the default otherwise) or 'sync' (no cluster), or a scheduler address such as tcp://host:8786")
@@ -298,6 +326,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine import Model, TrainConfig, Trainer, files
 
     out = _check_out(args.out, (".npz",), "model file")
+    _check_head_options(args)
     if args.pairs is not None:
         if args.image or args.labels or args.sample_labels is not None:
             raise CLIError("--pairs replaces --image/--labels (and --sample-labels does not apply to it)")
@@ -330,6 +359,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     class_names = [s.strip() for s in args.class_names.split(",")] if args.class_names else None
     spec = _spec_from(args)
     model = Model.for_data(images, masks, spec=spec, activation=args.activation, seed=args.seed, class_names=class_names)
+    _add_heads(model, args)
+    image_labels = _read_image_labels(args.image_labels, len(images), model) if args.image_labels else None
     config = TrainConfig(
         steps=args.steps,
         optimizer=args.optimizer,
@@ -337,18 +368,118 @@ def cmd_train(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         balance=not args.no_balance,
         seed=args.seed,
+        crop_by_class=args.crop_by_class,
     )
-    wh, ww = model.window
-    print(f"network: {model.spec.text}")
-    print(f"window: {wh}x{ww} pixels, {model.n_params:,} parameters, {model.in_channels} input channel(s)")
+    _print_network(model)
     names = list(model.class_names)
     painted = ", ".join(f"{_class_label(names, k - 1)} {int(counts[k]):,}" for k in range(1, len(counts)))
     shapes = sorted({"x".join(map(str, a.shape)) for a in images})
     print(f"data: {len(images)} image(s) ({', '.join(shapes)}); painted pixels: {painted}")
+    trainer = Trainer(model, images, masks, config, image_labels=image_labels)
+    _print_image_targets(trainer, args.image_labels)
 
     provenance = {"data": sources, "label_offset": args.label_offset, "sample_labels": args.sample_labels,
-                  "crop": args.crop}
-    return _train_and_save(Trainer(model, images, masks, config), args, out, provenance)
+                  "crop": args.crop, "image_labels": args.image_labels}
+    return _train_and_save(trainer, args, out, provenance)
+
+
+def _check_head_options(args: argparse.Namespace) -> None:
+    """Refuse head options that have no effect without the option they refine."""
+    if args.superpixel_branch is None and (args.superpixel_pool is not None or args.superpixel_compactness is not None):
+        raise CLIError("--superpixel-pool and --superpixel-compactness apply only with --superpixel-branch SIZE")
+    if args.image_labels is not None and args.image_head is None:
+        raise CLIError("--image-labels needs --image-head (the image-level head is what learns from them)")
+
+
+def _add_heads(model, args: argparse.Namespace) -> None:
+    """Give the new ``model`` the heads asked for (--superpixel-branch, --image-head)."""
+    from .engine import InputError
+    from .engine.heads import add_image_head, add_superpixel_branch
+
+    hint = " (a spec without IN<h>x<w> always ends so; the presets do)"
+    if args.superpixel_branch is not None:
+        try:
+            add_superpixel_branch(model, args.superpixel_branch, args.superpixel_compactness or _SP_COMPACTNESS,
+                                  args.superpixel_pool or "max")
+        except InputError as exc:
+            raise CLIError(f"--superpixel-branch: {exc}{hint if '1x1' in str(exc) else ''}") from None
+    if args.image_head is not None:
+        try:
+            add_image_head(model, args.image_head)
+        except InputError as exc:
+            raise CLIError(f"--image-head: {exc}{hint if '1x1' in str(exc) else ''}") from None
+
+
+def _heads_text(model) -> str | None:
+    parts = []
+    if model.superpixels is not None:
+        sp = model.superpixels
+        parts.append(f"superpixel branch ({sp['pool']} pooling over SLIC superpixels of ~{sp['size']:g} px, "
+                     f"compactness {sp['compactness']:g})")
+    if model.image_head is not None:
+        names = list(model.class_names)
+        what = ", ".join(f"p({_class_label(names, k)} present)" for k in range(1, model.n_classes))
+        parts.append(f"image-level head ({what}; loss weight {model.image_head['loss_weight']:g})")
+    return "; ".join(parts) or None
+
+
+def _print_network(model) -> None:
+    wh, ww = model.window
+    print(f"network: {model.spec.text}")
+    print(f"window: {wh}x{ww} pixels, {model.n_params:,} parameters, {model.in_channels} input channel(s)")
+    heads = _heads_text(model)
+    if heads:
+        print(f"heads: {heads}")
+
+
+def _print_image_targets(trainer, source: str | None) -> None:
+    """One line on the image-level targets of a model with an image-level head."""
+    targets = getattr(trainer, "image_targets", None)
+    if targets is None:
+        return
+    t = np.asarray(targets, dtype=float)
+    present, absent = int(np.sum(t == 1)), int(np.sum(t == 0))
+    unknown = int(np.sum(np.isnan(t)))
+    where = f"from {source}" if source else "from the strokes"
+    print(f"image-level labels {where}: {present} present, {absent} absent, {unknown} unknown")
+
+
+def _read_image_labels(path: str, n_images: int, model, order: str = "in the order of --image and --slices") -> list:
+    """Image-level labels for the Trainer from a text file: one line per training image."""
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"--image-labels {p}: no such file")
+    try:
+        lines = p.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise CLIError(f"--image-labels {p}: not a text file (one line per image: 1/0, yes/no, true/false, or ? for unknown)") from None
+    while lines and not lines[-1].strip():
+        lines.pop()  # trailing empty lines: an editor's newline, not unknown images
+    j = model.n_classes - 1
+    names = list(model.class_names)
+    if len(lines) != n_images:
+        raise CLIError(
+            f"--image-labels {p}: {len(lines)} line(s) for {n_images} training image(s); give one line per image "
+            f"(or slice), {order}"
+        )
+    out: list = []
+    for i, line in enumerate(lines, start=1):
+        words = [w.strip().lower() for w in line.split(",")] if "," in line else [line.strip().lower()]
+        if len(words) == 1 and words[0] in ("", "?"):
+            out.append(None)
+            continue
+        if len(words) != j:
+            need = ", ".join(_class_label(names, k) for k in range(1, j + 1))
+            raise CLIError(f"--image-labels {p}, line {i}: give {j} comma-separated value(s), one per class after the "
+                           f"first ({need}); got '{line.strip()}'")
+        values = []
+        for w in words:
+            if w not in _IMAGE_LABEL_WORDS:
+                raise CLIError(f"--image-labels {p}, line {i}: '{w}' is not 1/0, yes/no, true/false, or empty/? for unknown")
+            v = _IMAGE_LABEL_WORDS[w]
+            values.append(np.nan if v is None else v)
+        out.append(np.asarray(values, dtype=np.float64))
+    return out
 
 
 def _train_and_save(trainer, args: argparse.Namespace, out: Path, provenance: dict) -> int:
@@ -390,21 +521,30 @@ def _train_pairs(args: argparse.Namespace, out: Path) -> int:
                                       label_offset=args.label_offset, channels_first=args.channels_first)
     class_names = [s.strip() for s in args.class_names.split(",")] if args.class_names else None
     model = model_for_dataset(dataset, _spec_from(args), args.activation, args.seed, class_names)
+    _add_heads(model, args)
+    image_labels = (_read_image_labels(args.image_labels, len(dataset), model, "in the order of the pairs (sorted by name)")
+                    if args.image_labels else None)
     config = TrainConfig(steps=args.steps, optimizer=args.optimizer, lr=args.lr, augment=not args.no_augment,
-                         balance=not args.no_balance, seed=args.seed)
-    wh, ww = model.window
-    print(f"network: {model.spec.text}")
-    print(f"window: {wh}x{ww} pixels, {model.n_params:,} parameters, {model.in_channels} input channel(s)")
+                         balance=not args.no_balance, seed=args.seed, crop_by_class=args.crop_by_class)
+    _print_network(model)
     print(f"data: {len(dataset)} pair(s) in {args.pairs}, streamed one per step")
-    provenance = {"pairs": str(args.pairs), "label_offset": args.label_offset}
-    return _train_and_save(Trainer(model, dataset, None, config), args, out, provenance)
+    trainer = Trainer(model, dataset, None, config, image_labels=image_labels)
+    _print_image_targets(trainer, args.image_labels)
+    provenance = {"pairs": str(args.pairs), "label_offset": args.label_offset, "image_labels": args.image_labels}
+    return _train_and_save(trainer, args, out, provenance)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .engine import files, load_model, predict_proba, segment
+    from .engine import files, load_model, segment
     from .engine.chunked import encode_probabilities
+    from .engine.predict import predict, refine_with_superpixels
 
+    if args.superpixel_compactness is not None and args.refine_superpixels is None:
+        raise CLIError("--superpixel-compactness applies only with --refine-superpixels SIZE")
     if Path(args.out).suffix.lower() == ".zarr":
+        if args.refine_superpixels is not None:
+            raise CLIError("--refine-superpixels needs whole images and does not apply to a .zarr output "
+                           "(computed chunk by chunk); write .npy, .tif or .npz instead")
         return _predict_zarr(args)
     for opt in ("chunks", "scheduler", "workers", "memory_limit"):
         if getattr(args, opt) is not None:
@@ -421,16 +561,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     settings = _count_settings(args, model) if counts_out is not None else None
     imgs = files.read_images(args.image, args.image_key, args.slices, crop=args.crop, channels_first=args.channels_first)
     names = list(model.class_names)
-    probs, segs, rows = [], [], []
+    compactness = args.superpixel_compactness or _SP_COMPACTNESS
+    if args.refine_superpixels is not None:
+        print(f"refining: class probabilities averaged over SLIC superpixels of ~{args.refine_superpixels:g} px "
+              f"(compactness {compactness:g})")
+    probs, segs, rows, image_probs = [], [], [], []
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
 
     for img, name in zip(tqdm(imgs.arrays, desc="predicting", unit="image", disable=args.quiet or len(imgs) < 2, file=sys.stderr), imgs.names, strict=True):
-        p = predict_proba(model, np.asarray(img, dtype=np.float32))
+        x = np.asarray(img, dtype=np.float32)
+        pred = predict(model, x)
+        p = pred.probabilities
+        if args.refine_superpixels is not None:
+            p = refine_with_superpixels(model, x, p, args.refine_superpixels, compactness)
         s = segment(p)
         probs.append(p)
         segs.append(s)
-        print(f"{name}: {_fractions_text(s, names)}")
+        head = pred.image_probabilities
+        line = f"{name}: {_fractions_text(s, names)}"
+        if head is not None:
+            image_probs.append(np.asarray(head, np.float32))
+            line += "; image head " + ", ".join(f"p({_class_label(names, k + 1)}) = {float(v):.3f}" for k, v in enumerate(head))
+        print(line)
         if settings is not None:
             rows.append((name, _count_row(p, settings), np.bincount(s.ravel(), minlength=len(names) + 1)[1:] / s.size))
     elapsed = time.perf_counter() - t0
@@ -438,9 +591,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     names_arr = np.array(names, dtype=str)
     prob_dtype = args.prob_dtype or "float32"
     prob = encode_probabilities(prob, prob_dtype)
-    files.write_array(out, prob, key="probabilities", extra={"class_names": names_arr}, allowed=_PROB_EXT, role="probabilities")
+    extra = {"class_names": names_arr}
+    if image_probs:
+        extra["image_probabilities"] = np.stack(image_probs) if imgs.stack else image_probs[0]
+    files.write_array(out, prob, key="probabilities", extra=extra, allowed=_PROB_EXT, role="probabilities")
     scale = " (probability = value / 255)" if prob_dtype == "uint8" else ""
     print(f"wrote probabilities {tuple(prob.shape)} {prob_dtype}{scale} to {out} ({elapsed:.2f} s for {len(imgs)} image(s))")
+    if image_probs:
+        kept = "with them (array image_probabilities)" if out.suffix.lower() == ".npz" else "not in it (a .npz output or --counts keeps them)"
+        print(f"image-level head probabilities: printed above, {kept}")
     if seg_out is not None:
         seg = np.stack(segs) if imgs.stack else segs[0]
         seg = seg.astype(np.uint8 if len(names) < 256 else np.uint16, copy=False)
@@ -449,13 +608,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
         files.write_array(seg_out, seg, key="segmentation", extra={"class_names": names_arr}, allowed=_SEG_EXT, role="segmentation")
         print(f"wrote segmentation {tuple(seg.shape)} (labels 1..{len(names)}) to {seg_out}")
     if counts_out is not None:
-        from .engine.chunked import write_counts_csv
-
-        write_counts_csv(counts_out, names, [(z, n, c, f) for z, (n, c, f) in enumerate(rows)])
+        _write_counts(counts_out, names, [(z, n, c, f) for z, (n, c, f) in enumerate(rows)], image_probs or None)
         flagged = sum(int(c[2]) for _, c, _ in rows)
         print(f"wrote counts of '{names[settings.class_index]}' objects to {counts_out}: "
               f"{sum(int(c[0]) for _, c, _ in rows)} object(s), {flagged} of {len(rows)} image(s) flagged")
     return 0
+
+
+def _write_counts(path: Path, names: list[str], rows, image_probs: list[np.ndarray] | None) -> None:
+    """The per-slice counts CSV; with an image-level head, plus one column ``p_image_<class>`` per
+    class after the first."""
+    from .engine.chunked import write_counts_csv
+
+    extra = {}
+    if image_probs:
+        extra = {f"p_image_{_class_label(names, k)}": [float(p[k - 1]) for p in image_probs] for k in range(1, len(names))}
+    write_counts_csv(path, names, rows, extra=extra)
 
 
 def _count_settings(args: argparse.Namespace, model):
@@ -592,6 +760,11 @@ def _predict_zarr(args: argparse.Namespace) -> int:
     counts_out = _check_out(args.counts, (".csv",), "counts file") if args.counts else None
     chunks = _parse_chunks(args.chunks or "1024")
     model = load_model(args.model)
+    if model.superpixels is not None:
+        raise CLIError(f"{args.model} has a superpixel branch, which needs whole images; a .zarr output is computed "
+                       "chunk by chunk: write .npy, .tif or .npz instead")
+    if model.image_head is not None:
+        print("note: the model's image-level head needs whole images and is not evaluated for a .zarr output")
     settings = _count_settings(args, model) if counts_out is not None else None
     vol = files.open_volume(args.image, args.image_key, args.slices, crop=args.crop, channels_first=args.channels_first)
     prob_dtype = args.prob_dtype or "uint8"
@@ -681,6 +854,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"activation: {model.activation}; dtype: {np.dtype(model.dtype).name}; parameters: {model.n_params:,}")
     print(f"input channels: {model.in_channels}; normalisation mean {np.array2string(mean, precision=4)}, std {np.array2string(std, precision=4)}")
     print("classes: " + ", ".join(f"{k + 1} = {n}" for k, n in enumerate(model.class_names)))
+    heads = _heads_text(model)
+    if heads:
+        print(f"heads: {heads}")
     prov = getattr(model, "provenance", None) or {}
     print("provenance:")
     print("  " + json.dumps(_jsonable(prov), indent=2, sort_keys=True, default=str).replace("\n", "\n  "))

@@ -293,6 +293,114 @@ def test_argparse_rejects_bad_numbers(data, capsys):
         capsys.readouterr()
 
 
+# ----------------------------------------------------------------------------- heads and superpixels
+
+
+def test_train_with_both_heads_then_info_and_predict(data, capsys):
+    code, out, err = run(capsys, *train_args(data, "--superpixel-branch", "60", "--superpixel-pool", "mean",
+                                             "--image-head", "0.5", "--crop-by-class", "--class-names", "smooth,textured",
+                                             out="heads.npz"))
+    assert code == 0, err
+    assert "heads: superpixel branch (mean pooling" in out and "image-level head (p(textured present); loss weight 0.5)" in out
+    assert "image-level labels from the strokes: 1 present, 0 absent, 0 unknown" in out
+    m = load_model(data / "heads.npz")
+    assert m.superpixels == {"size": 60.0, "compactness": 0.3, "pool": "mean"}
+    assert m.image_head == {"loss_weight": 0.5}
+    assert m.provenance["crop_by_class"] is True
+
+    code, out, err = run(capsys, "info", data / "heads.npz")
+    assert code == 0, err
+    assert "heads: superpixel branch (mean pooling over SLIC superpixels of ~60 px, compactness 0.3); image-level head" in out
+
+    code, out, err = run(capsys, "predict", "--model", data / "heads.npz", "--image", data / "stack.npz", "--image-key", "images",
+                         "--out", data / "hp.npz", "--counts", data / "hc.csv", "-q")
+    assert code == 0, err
+    assert out.count("image head p(textured) = ") == 3
+    with np.load(data / "hp.npz") as z:
+        image_p = z["image_probabilities"]
+        assert z["probabilities"].shape == (3, 2, 48, 48)
+    assert image_p.shape == (3, 1) and ((image_p > 0) & (image_p < 1)).all()
+    lines = (data / "hc.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert header[-1] == "p_image_textured" and header[:3] == ["slice", "name", "count"]
+    column = [float(line.split(",")[-1]) for line in lines[1:]]
+    np.testing.assert_allclose(column, image_p[:, 0], atol=1e-6)
+
+    # .npy keeps the probabilities only; the image-level ones are printed
+    code, out, err = run(capsys, "predict", "--model", data / "heads.npz", "--image", data / "img.tif", "--out", data / "hp.npy")
+    assert code == 0, err
+    assert "image head p(textured) = " in out and "not in it" in out
+
+
+def test_train_each_head_alone_and_image_labels_file(data, model_file, capsys):
+    assert run(capsys, *train_args(data, "--superpixel-branch", "80", out="sp.npz"))[0] == 0
+    m = load_model(data / "sp.npz")
+    assert m.superpixels == {"size": 80.0, "compactness": 0.3, "pool": "max"} and m.image_head is None
+    (data / "il.txt").write_text("yes\n0\n?\n\n")  # a trailing empty line is not an image
+    code, out, err = run(capsys, *train_args(data, "--image-head", "--image-labels", data / "il.txt", "--image-key", "images",
+                                             "--labels-key", "labels", image="stack.npz", labels="stack.npz", out="ih.npz"))
+    assert code == 0, err
+    assert f"image-level labels from {data / 'il.txt'}: 1 present, 1 absent, 1 unknown" in out
+    m = load_model(data / "ih.npz")
+    assert m.superpixels is None and m.image_head == {"loss_weight": 1.0}
+    assert m.provenance["cli"]["image_labels"] == str(data / "il.txt")
+    assert "heads:" not in run(capsys, "info", model_file)[1]
+
+
+def test_predict_refine_superpixels(data, model_file, capsys):
+    from napari_mpf.engine.predict import normalise
+    from napari_mpf.engine.superpixels import slic_superpixels
+
+    code, out, err = run(capsys, "predict", "--model", model_file, "--image", data / "img.tif", "--out", data / "raw.npy")
+    assert code == 0, err
+    code, out, err = run(capsys, "predict", "--model", model_file, "--image", data / "img.tif", "--out", data / "ref.npy",
+                         "--segmentation", data / "ref_seg.npy", "--refine-superpixels", "30")
+    assert code == 0, err
+    assert "superpixels of ~30 px" in out
+    raw, ref = np.load(data / "raw.npy"), np.load(data / "ref.npy")
+    assert ref.shape == raw.shape and not np.allclose(ref, raw)
+    np.testing.assert_allclose(ref.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.load(data / "ref_seg.npy"), ref.argmax(0) + 1)
+    model = load_model(model_file)
+    segments = slic_superpixels(normalise(model, tifffile.imread(data / "img.tif")), 30, 0.3)
+    for s in np.unique(segments):
+        values = ref[1][segments == s]
+        assert np.ptp(values) < 1e-5  # constant within every superpixel
+        np.testing.assert_allclose(values[0], raw[1][segments == s].mean(), atol=1e-5)
+    # another compactness, other superpixels
+    code, _, err = run(capsys, "predict", "--model", model_file, "--image", data / "img.tif", "--out", data / "ref2.npy",
+                       "--refine-superpixels", "30", "--superpixel-compactness", "5")
+    assert code == 0, err
+    assert not np.array_equal(np.load(data / "ref2.npy"), ref)
+
+
+def test_error_heads_and_superpixels(data, model_file, capsys):
+    assert "--image-labels needs --image-head" in user_error(capsys, *train_args(data, "--image-labels", data / "x.txt"))
+    assert "apply only with --superpixel-branch" in user_error(capsys, *train_args(data, "--superpixel-pool", "mean"))
+    err = user_error(capsys, "train", "--image", data / "img.tif", "--labels", data / "strokes.tif", "--spec", "IN12x12, C3x3x4, C3x3x2",
+                     "--steps", "2", "-q", "--out", data / "x.npz", "--superpixel-branch", "50")
+    assert "--superpixel-branch: heads need a network whose last layer is 1x1" in err
+    assert "no such file" in user_error(capsys, *train_args(data, "--image-head", "--image-labels", data / "none.txt"))
+    (data / "two.txt").write_text("1\n0\n")
+    err = user_error(capsys, *train_args(data, "--image-head", "--image-labels", data / "two.txt"))
+    assert "2 line(s) for 1 training image(s)" in err
+    (data / "bad.txt").write_text("maybe\n")
+    assert "'maybe' is not 1/0" in user_error(capsys, *train_args(data, "--image-head", "--image-labels", data / "bad.txt"))
+    assert "applies only with --refine-superpixels" in user_error(
+        capsys, "predict", "--model", model_file, "--image", data / "img.tif", "--out", data / "x.npy", "--superpixel-compactness", "1")
+    assert "does not apply to a .zarr output" in user_error(
+        capsys, "predict", "--model", model_file, "--image", data / "img.tif", "--out", data / "x.zarr", "--refine-superpixels", "30")
+    assert run(capsys, *train_args(data, "--superpixel-branch", "60", out="sp_zarr.npz"))[0] == 0
+    assert "has a superpixel branch, which needs whole images" in user_error(
+        capsys, "predict", "--model", data / "sp_zarr.npz", "--image", data / "img.tif", "--out", data / "x.zarr")
+    for argv in (train_args(data, "--superpixel-branch", "0"), train_args(data, "--image-head", "-1"),
+                 ["predict", "--model", model_file, "--image", data / "img.tif", "--out", data / "x.npy", "--refine-superpixels", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([str(a) for a in argv])
+        assert exc.value.code == 2
+        assert "must be a positive number" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- real data (if present)
 
 

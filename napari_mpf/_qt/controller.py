@@ -22,11 +22,12 @@ from .._layer_style import (
     class_features,
     class_names_from_features,
 )
-from ..engine import InputError, Model, SpecError, parse_spec, predict_proba, segment
+from ..engine import InputError, Model, SpecError, parse_spec, segment
 from ..engine.chunked import CountSettings, ZarrPrediction
 from ..engine.objects import ObjectCounts, count_objects
+from ..engine.predict import predict, refine_with_superpixels
 
-__all__ = ["UserError", "TrainSettings", "ImageInfo", "TrainingSet", "Controller", "OUTPUT_KEY"]
+__all__ = ["UserError", "TrainSettings", "ImageInfo", "TrainingSet", "Controller", "OUTPUT_KEY", "heads_text"]
 
 #: metadata key marking layers written by this plugin (value: the role).
 OUTPUT_KEY = "napari_mpf"
@@ -37,6 +38,16 @@ PROB_COLORMAPS = {2: "yellow", 3: "red", 4: "green", 5: "magenta", 6: "cyan", 7:
 
 class UserError(ValueError):
     """Something the user can fix; the message is shown as a napari notification."""
+
+
+def heads_text(model: Model) -> str:
+    """One line on ``model``'s heads ('' without any)."""
+    parts = []
+    if model.superpixels is not None:
+        parts.append(f"superpixel branch ({model.superpixels['pool']}, ~{model.superpixels['size']:g} px)")
+    if model.image_head is not None:
+        parts.append(f"image-level head (loss weight {model.image_head['loss_weight']:g})")
+    return ", ".join(parts)
 
 
 @dataclass
@@ -53,6 +64,17 @@ class TrainSettings:
     preview_every: int = 10
     continue_training: bool = True
     class_names: list[str] | None = None
+    #: a new network gets a superpixel branch (SLIC superpixels of about ``superpixel_size`` px)
+    superpixel_branch: bool = False
+    superpixel_size: float = 400.0
+    superpixel_pool: str = "max"
+    #: a new network gets an image-level "class present" head, trained with this loss weight
+    image_head: bool = False
+    image_head_weight: float = 1.0
+
+
+#: SLIC compactness of the superpixel branch and of the refinement (the engine's default)
+SUPERPIXEL_COMPACTNESS = 0.3
 
 
 @dataclass(frozen=True)
@@ -286,7 +308,32 @@ class Controller:
             and model.n_classes == tset.n_classes
             and model.spec.text == spec.text
             and model.activation == settings.activation
+            and self._heads_match(model, settings)
         )
+
+    @staticmethod
+    def _heads_match(model: Model, settings: TrainSettings) -> bool:
+        """The model has the heads the settings ask for (the image head's loss weight may differ)."""
+        sp = model.superpixels
+        if (sp is not None) != bool(settings.superpixel_branch):
+            return False
+        if sp is not None and (round(sp["size"]) != round(float(settings.superpixel_size)) or sp["pool"] != settings.superpixel_pool):
+            return False
+        return (model.image_head is not None) == bool(settings.image_head)
+
+    def add_heads(self, model: Model, settings: TrainSettings) -> Model:
+        """Give a new ``model`` the heads the settings ask for (in place)."""
+        from ..engine.heads import add_image_head, add_superpixel_branch
+
+        try:
+            if settings.superpixel_branch:
+                add_superpixel_branch(model, float(settings.superpixel_size), SUPERPIXEL_COMPACTNESS, settings.superpixel_pool)
+            if settings.image_head:
+                add_image_head(model, float(settings.image_head_weight))
+        except InputError as exc:
+            what = "superpixel branch" if settings.superpixel_branch and model.superpixels is None else "image-level head"
+            raise UserError(f"Cannot add the {what}: {exc}.") from exc
+        return model
 
     def build_model(self, tset: TrainingSet, settings: TrainSettings) -> tuple[Model, bool]:
         """The model to train: a copy of the current one if it fits and continuing is asked, else new.
@@ -296,6 +343,8 @@ class Controller:
         if settings.continue_training and self.model is not None and self.model_fits(self.model, tset, settings):
             model = self.model.copy()
             model.class_names = list(tset.class_names)
+            if model.image_head is not None:
+                model.image_head["loss_weight"] = float(settings.image_head_weight)
             return model, True
         try:
             model = Model.for_data(
@@ -306,7 +355,7 @@ class Controller:
             raise UserError(f"Bad network spec: {exc}") from exc
         except InputError as exc:
             raise UserError(str(exc)) from exc
-        return model, False
+        return self.add_heads(model, settings), False
 
     def make_trainer(self, tset: TrainingSet, settings: TrainSettings):
         """A :class:`napari_mpf.engine.Trainer` for ``tset`` (not started)."""
@@ -353,11 +402,19 @@ class Controller:
         return info
 
     # ----------------------------------------------------------------- prediction
-    def predict_iter(self, model: Model, image_layer, slices: list[int | None]) -> Iterator[tuple[int | None, np.ndarray]]:
-        """Yield ``(z, probabilities (K, H, W))`` per slice; run it in a worker."""
+    def predict_iter(
+        self, model: Model, image_layer, slices: list[int | None], refine: float | None = None
+    ) -> Iterator[tuple[int | None, np.ndarray, np.ndarray | None]]:
+        """Yield ``(z, probabilities (K, H, W), image-level probabilities (K - 1,) or None)`` per
+        slice; run it in a worker. ``refine``: average the probabilities over SLIC superpixels of
+        about that many pixels (the image-level head's output is not changed)."""
         for z in slices:
             img = self.slice_array(image_layer, z)
-            yield z, predict_proba(model, img)
+            pred = predict(model, img)
+            proba = pred.probabilities
+            if refine:
+                proba = refine_with_superpixels(model, img, proba, float(refine), SUPERPIXEL_COMPACTNESS)
+            yield z, proba, pred.image_probabilities
 
     def all_slices(self, image_layer) -> list[int | None]:
         info = self.image_info(image_layer)
@@ -387,10 +444,16 @@ class Controller:
         """``(class index k (0-based), layer name)`` of the probability layers (foreground classes)."""
         return [(k, f"{image_layer.name} p({class_names[k]})") for k in range(1, len(class_names))]
 
-    def show_probabilities(self, image_layer, z: int | None, proba: np.ndarray, class_names: list[str]) -> list[Image]:
+    def show_probabilities(
+        self, image_layer, z: int | None, proba: np.ndarray, class_names: list[str],
+        image_probabilities: np.ndarray | None = None,
+    ) -> list[Image]:
         """Write ``proba`` ``(K, H, W)`` of slice ``z`` into the probability layers (in place).
 
-        Large or dask-backed images have lazy output layers (:meth:`lazy_outputs`): nothing is written.
+        ``image_probabilities`` (``(K - 1,)``, from a model's image-level head) go to the layers'
+        metadata ``"image_probability_per_slice"`` (one entry per slice, None = not known); without
+        them the slice's entry becomes None. Large or dask-backed images have lazy output layers
+        (:meth:`lazy_outputs`): nothing is written.
         """
         info = self.image_info(image_layer)
         if self.is_lazy(image_layer):
@@ -410,6 +473,12 @@ class Controller:
             done.add(-1 if z is None else int(z))
             layer.metadata["predicted_slices"] = sorted(done)
             layer.metadata["class"] = class_names[k]
+            per_slice = list(layer.metadata.get("image_probability_per_slice") or [])
+            n = info.n_slices if info.is_stack else 1
+            per_slice = (per_slice + [None] * n)[:n]
+            value = None if image_probabilities is None or k - 1 >= len(image_probabilities) else image_probabilities[k - 1]
+            per_slice[0 if z is None else int(z)] = None if value is None else float(value)
+            layer.metadata["image_probability_per_slice"] = per_slice
             layer.refresh()
             out.append(layer)
         return out
@@ -478,9 +547,32 @@ class Controller:
         summary["class"] = prob_layer.metadata.get("class")
         if info.is_stack:
             summary["predicted_slices"] = prob_layer.metadata.get("predicted_slices", [])
+        per_slice = prob_layer.metadata.get("image_probability_per_slice")
+        for key in ("image_probability", "image_probability_per_slice"):
+            layer.metadata.pop(key, None)
+        if per_slice is not None and any(p is not None for p in per_slice):
+            summary["image_probability_per_slice"] = list(per_slice)
+            if not info.is_stack:
+                summary["image_probability"] = per_slice[0]
         layer.metadata.update(summary)
         self.last_counts = counts
         return counts
+
+    def image_probability(self, image_layer, class_index: int = 1, z: int | None = None) -> float | None:
+        """The image-level head's p(class ``class_index`` present) for slice ``z`` (None for 2D) as
+        last predicted into the probability layer, or None if not known."""
+        names = self.model.class_names if self.model is not None else None
+        for layer in self.viewer.layers:
+            if (
+                isinstance(layer, Image)
+                and layer.metadata.get(OUTPUT_KEY) == "probability"
+                and layer.metadata.get("image") == image_layer.name
+                and (names is None or layer.metadata.get("class") == names[class_index])
+            ):
+                per_slice = layer.metadata.get("image_probability_per_slice") or []
+                i = 0 if z is None else int(z)
+                return per_slice[i] if i < len(per_slice) else None
+        return None
 
     # ----------------------------------------------------------------- big and dask-backed images
     #: images with more pixels than this, or not held in memory (dask, zarr…), get lazy outputs
@@ -502,6 +594,7 @@ class Controller:
         from ..engine.chunked import predict_dask, segment_dask
 
         info = self.check_model_fits_image(model, image_layer)
+        self._refuse_superpixel_branch(model, image_layer, "is large or not in memory, so it is predicted in tiles")
         data = image_layer.data
         if not isinstance(data, da.Array):
             spatial = 3 if image_layer.rgb else 2
@@ -522,6 +615,7 @@ class Controller:
         from ..engine.files import ArrayVolume
 
         self.check_model_fits_image(model, image_layer)
+        self._refuse_superpixel_branch(model, image_layer, "would be predicted into zarr chunk by chunk")
         p = Path(path)
         if p.suffix.lower() != ".zarr":
             raise UserError(f"Choose a store whose name ends with .zarr (got '{p.name}').")
@@ -530,6 +624,14 @@ class Controller:
             return ZarrPrediction(model.copy(), volume, p, self.LAZY_TILE, prob_dtype, counts, overwrite)
         except InputError as exc:
             raise UserError(str(exc)) from exc
+
+    @staticmethod
+    def _refuse_superpixel_branch(model: Model, image_layer, why: str) -> None:
+        if model.superpixels is not None:
+            raise UserError(
+                f"'{image_layer.name}' {why}, but the model has a superpixel branch, which needs whole slices: "
+                "use a model without it for big images."
+            )
 
     def zarr_outputs(self, image_layer, path) -> tuple[list[Image], Labels]:
         """Point the output layers of ``image_layer`` at a finished prediction store (read lazily)."""

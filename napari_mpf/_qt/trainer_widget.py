@@ -40,7 +40,7 @@ from qtpy.QtWidgets import (
 from .._layer_style import class_names_from_features
 from ..engine import PRESETS, Model, ModelFileError, load_model, save_model
 from ..engine.chunked import CountSettings
-from .controller import OUTPUT_KEY, Controller, TrainingSet, TrainSettings, UserError
+from .controller import OUTPUT_KEY, Controller, TrainingSet, TrainSettings, UserError, heads_text
 from .layer_combo import LayerCombo
 from .loss_plot import LossPlot
 
@@ -195,6 +195,42 @@ class TrainerWidget(QWidget):
         self.augment_check = QCheckBox("rotations and flips")
         self.augment_check.setChecked(True)
         form.addRow("Augment", self.augment_check)
+        heads = QHBoxLayout()
+        self.superpixel_check = QCheckBox("superpixel branch")
+        self.superpixel_check.setToolTip(
+            "A new network gets a branch that pools its features over SLIC superpixels and adds the resulting "
+            "class scores to every pixel of each superpixel (Schuurmans et al. 2018)."
+        )
+        self.superpixel_size_spin = QSpinBox()
+        self.superpixel_size_spin.setRange(1, 10_000_000)
+        self.superpixel_size_spin.setValue(400)
+        self.superpixel_size_spin.setSuffix(" px")
+        self.superpixel_size_spin.setToolTip("Mean superpixel area of the branch, in pixels")
+        self.superpixel_pool_combo = QComboBox()
+        self.superpixel_pool_combo.addItems(["max", "mean"])
+        self.superpixel_pool_combo.setToolTip("How the branch pools the features over each superpixel")
+        heads.addWidget(self.superpixel_check)
+        heads.addWidget(self.superpixel_size_spin, 1)
+        heads.addWidget(self.superpixel_pool_combo)
+        form.addRow("Heads", heads)
+        image_head = QHBoxLayout()
+        self.image_head_check = QCheckBox("image-level head")
+        self.image_head_check.setToolTip(
+            "A new network gets a classifier on the whole image's pooled features that gives p(class present) "
+            "(for two classes: p(defect)), shown beside the object count (Haloi 2017)."
+        )
+        self.image_head_weight_spin = QDoubleSpinBox()
+        self.image_head_weight_spin.setRange(0.01, 100.0)
+        self.image_head_weight_spin.setSingleStep(0.1)
+        self.image_head_weight_spin.setValue(1.0)
+        self.image_head_weight_spin.setPrefix("loss weight ")
+        self.image_head_weight_spin.setToolTip(
+            "Weight of the image-level loss beside the pixel loss; its labels come from the strokes "
+            "(a class painted in an image is present; an image with strokes but none of a class is without it)"
+        )
+        image_head.addWidget(self.image_head_check)
+        image_head.addWidget(self.image_head_weight_spin, 1)
+        form.addRow("", image_head)
         self.preview_spin = QSpinBox()
         self.preview_spin.setRange(0, 100_000)
         self.preview_spin.setValue(10)
@@ -252,6 +288,20 @@ class TrainerWidget(QWidget):
         self.min_pixels_spin.setValue(0)
         self.min_pixels_spin.setSpecialValueText("off")
         form.addRow("or object pixels ≥", self.min_pixels_spin)
+        refine = QHBoxLayout()
+        self.refine_check = QCheckBox("superpixel refinement")
+        self.refine_check.setToolTip(
+            "Average the class probabilities over SLIC superpixels of about this area before segmenting and "
+            "counting (final maps and Predict; the training preview is not refined)."
+        )
+        self.refine_size_spin = QSpinBox()
+        self.refine_size_spin.setRange(1, 10_000_000)
+        self.refine_size_spin.setValue(400)
+        self.refine_size_spin.setSuffix(" px")
+        self.refine_size_spin.setToolTip("Mean superpixel area of the refinement, in pixels")
+        refine.addWidget(self.refine_check)
+        refine.addWidget(self.refine_size_spin, 1)
+        form.addRow("Refine", refine)
         buttons = QHBoxLayout()
         self.count_btn = QPushButton("Count")
         self.predict_btn = QPushButton("Predict image / stack")
@@ -309,6 +359,10 @@ class TrainerWidget(QWidget):
         self.apply_btn.clicked.connect(self.predict)
         self.count_btn.clicked.connect(self.count)
         self.zarr_btn.clicked.connect(self.zarr_dialog)
+        self.superpixel_check.toggled.connect(self._update_head_controls)
+        self.image_head_check.toggled.connect(self._update_head_controls)
+        self.refine_check.toggled.connect(self._update_head_controls)
+        self._update_head_controls()
         self.save_btn.clicked.connect(self.export_dialog)
         self.load_btn.clicked.connect(self.import_dialog)
         self._live_timer.timeout.connect(self._live_retrain)
@@ -352,7 +406,22 @@ class TrainerWidget(QWidget):
             preview_every=self.preview_spin.value(),
             continue_training=self.continue_check.isChecked(),
             class_names=self.class_names(),
+            superpixel_branch=self.superpixel_check.isChecked(),
+            superpixel_size=float(self.superpixel_size_spin.value()),
+            superpixel_pool=self.superpixel_pool_combo.currentText(),
+            image_head=self.image_head_check.isChecked(),
+            image_head_weight=float(self.image_head_weight_spin.value()),
         )
+
+    def refine_size(self) -> float | None:
+        """The superpixel refinement's size in pixels, or None when it is off."""
+        return float(self.refine_size_spin.value()) if self.refine_check.isChecked() else None
+
+    def _update_head_controls(self, *_) -> None:
+        self.superpixel_size_spin.setEnabled(self.superpixel_check.isChecked())
+        self.superpixel_pool_combo.setEnabled(self.superpixel_check.isChecked())
+        self.image_head_weight_spin.setEnabled(self.image_head_check.isChecked())
+        self.refine_size_spin.setEnabled(self.refine_check.isChecked())
 
     def _update_spec_info(self, *_) -> None:
         layer = self.image_combo.layer()
@@ -608,22 +677,24 @@ class TrainerWidget(QWidget):
                 return None
             self._say(
                 f"'{image_layer.name}' is large or not in memory: its probabilities and segmentation are computed "
-                "as you browse (only the slices shown); 'Predict to zarr…' computes them all.", notify=False,
+                "as you browse (only the slices shown); 'Predict to zarr…' computes them all."
+                + (" Superpixel refinement is not applied to them." if self.refine_size() else ""), notify=False,
             )
             self.prediction_finished.emit()
             return None
         slices = list(slices) if slices is not None else self.controller.all_slices(image_layer)
         frozen = model.copy()
-        worker = create_worker(self.controller.predict_iter, frozen, image_layer, slices, _start_thread=False)
+        worker = create_worker(self.controller.predict_iter, frozen, image_layer, slices, self.refine_size(),
+                               _start_thread=False)
         worker._image_layer = image_layer
         state = {"done": 0, "n": len(slices), "started": time.perf_counter()}
 
         def on_slice(item) -> None:
             if worker.abort_requested or image_layer not in self.viewer.layers:
                 return
-            z, proba = item
+            z, proba, image_proba = item
             try:
-                self.controller.show_probabilities(image_layer, z, proba, frozen.class_names)
+                self.controller.show_probabilities(image_layer, z, proba, frozen.class_names, image_proba)
                 self.controller.show_segmentation(image_layer, z, proba, frozen.class_names)
             except UserError as exc:
                 worker.quit()
@@ -713,7 +784,8 @@ class TrainerWidget(QWidget):
         worker.errored.connect(lambda exc: self._error(f"Prediction failed: {exc}", notify=False))
         self._predict_worker = worker
         self._set_busy(self.is_training)
-        self._say(f"Predicting '{image_layer.name}' into {path}" + (" (resuming)…" if job.resumed else "…"), notify=False)
+        note = " Superpixel refinement is not applied to zarr predictions (computed in chunks)." if self.refine_size() else ""
+        self._say(f"Predicting '{image_layer.name}' into {path}" + (" (resuming)…" if job.resumed else "…") + note, notify=False)
         worker.start()
         return worker
 
@@ -757,6 +829,14 @@ class TrainerWidget(QWidget):
             return None
         flag = "defect present" if res.defect_present else "no defect"
         text = f"{res.count} object(s) — {flag}"
+        if model is not None and model.image_head is not None:
+            try:
+                z = self.controller.current_slice(image_layer)
+            except UserError:
+                z = None
+            p = self.controller.image_probability(image_layer, k, z)
+            if p is not None:
+                text += f" · image head p({model.class_names[k]}) = {p:.2f}" + ("" if z is None else f" (slice {z})")
         if res.labels.ndim == 3:
             per = ", ".join(f"z{z}: {int(c)}{'*' if f else ''}" for z, (c, f) in enumerate(zip(res.counts, res.present, strict=True)) if c or f)
             text += f"; per slice (* = flagged): {per or 'none'}"
@@ -774,13 +854,26 @@ class TrainerWidget(QWidget):
             self.class_combo.addItems(model.class_names[1:])
             prov = json.dumps(model.provenance, default=str, sort_keys=True)
             h, w = model.window
+            heads = heads_text(model)
             self.model_info.setPlainText(
                 f"spec: {model.spec.text}\nactivation: {model.activation}\nwindow: {h}×{w}\n"
-                f"channels: {model.in_channels}\nclasses: {', '.join(model.class_names)}\n"
+                + (f"heads: {heads}\n" if heads else "")
+                + f"channels: {model.in_channels}\nclasses: {', '.join(model.class_names)}\n"
                 f"parameters: {model.n_params:,}\nprovenance: {prov}"
             )
         self.class_combo.setCurrentIndex(max(0, self.class_combo.count() - 1) if model is None else 0)
         self.class_combo.blockSignals(False)
+
+    def _show_heads(self, model: Model) -> None:
+        """Set the head controls to ``model``'s heads, so that training can continue from it."""
+        sp = model.superpixels
+        self.superpixel_check.setChecked(sp is not None)
+        if sp is not None:
+            self.superpixel_size_spin.setValue(int(round(sp["size"])))
+            self.superpixel_pool_combo.setCurrentText(sp["pool"])
+        self.image_head_check.setChecked(model.image_head is not None)
+        if model.image_head is not None:
+            self.image_head_weight_spin.setValue(float(model.image_head["loss_weight"]))
 
     def export_model(self, path: str | Path) -> Path | None:
         """Write the current model to ``path`` (``.npz`` added if missing)."""
@@ -811,6 +904,7 @@ class TrainerWidget(QWidget):
             return None
         self.controller.model = model
         self._show_model(model)
+        self._show_heads(model)
         self.classes_edit.setText(", ".join(model.class_names))
         h, w = model.window
         self._say(f"Loaded model {Path(path).name}: {model.spec.text}, window {h}×{w}, {model.n_params:,} parameters.")

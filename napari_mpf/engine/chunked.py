@@ -748,15 +748,18 @@ class ZarrPrediction:
         return write_counts_csv(path, list(self.model.class_names), rows, with_counts=counts is not None)
 
 
-def write_counts_csv(path: str | Path, class_names: list[str], rows, with_counts: bool = True) -> Path:
+def write_counts_csv(path: str | Path, class_names: list[str], rows, with_counts: bool = True,
+                     extra: dict[str, list[float]] | None = None) -> Path:
     """Write the per-slice table (atomically). ``rows``: ``(slice, name, (count, object_pixels,
-    defect_present) or None, class fractions)``; a count of -1 (not counted) is left empty."""
+    defect_present) or None, class fractions)``; a count of -1 (not counted) is left empty.
+    ``extra``: more columns, one value per row (e.g. an image-level head's probabilities)."""
     from .files import atomic_open
 
+    extra = extra or {}
     header = ["slice", "name"] + (["count", "object_pixels", "defect_present"] if with_counts else [])
-    header += [f"fraction_{n}" for n in class_names]
+    header += [f"fraction_{n}" for n in class_names] + list(extra)
     lines = [",".join(_csv(h) for h in header)]
-    for z, name, c, fractions in rows:
+    for i, (z, name, c, fractions) in enumerate(rows):
         row = [str(int(z)), _csv(name)]
         if with_counts:
             if c is None or c[0] < 0:
@@ -764,6 +767,7 @@ def write_counts_csv(path: str | Path, class_names: list[str], rows, with_counts
             else:
                 row += [str(int(c[0])), str(int(c[1])), "true" if c[2] else "false"]
         row += [f"{float(v):.6f}" for v in fractions]
+        row += [f"{float(values[i]):.6f}" for values in extra.values()]
         lines.append(",".join(row))
     with atomic_open(path) as fh:
         fh.write(("\n".join(lines) + "\n").encode())

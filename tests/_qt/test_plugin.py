@@ -87,7 +87,8 @@ def test_controller_trains_and_writes_layers_without_clicks(make_napari_viewer):
             c.show_probabilities(img, None, p.probabilities, tset.class_names)
     assert previews == 2
     c.adopt(model, tset)
-    (z, proba), = list(c.predict_iter(c.model, img, [None]))
+    (z, proba, image_proba), = list(c.predict_iter(c.model, img, [None]))
+    assert image_proba is None  # no image-level head
     c.show_probabilities(img, z, proba, tset.class_names)
     c.show_segmentation(img, z, proba, tset.class_names)
     res = c.count(img, 1, 0.5, min_area=5)
