@@ -3,10 +3,12 @@
 - **Superpixel branch** (Schuurmans, Berman & Blaschko 2018, "V3 hybrid"): the features are pooled
   (max or mean) over each SLIC superpixel, a fully connected layer maps them to class scores, and
   those scores are added to the logits of every pixel of the superpixel.
-- **Image-level head** (Haloi 2017): global max- and mean-pooling of the features over the image,
-  then a fully connected layer gives one "class present" logit per class after the first
-  (for two classes: "defect present"), trained with a sigmoid cross entropy on image-level labels
-  beside the pixel loss (its weight is ``image_head["loss_weight"]``).
+- **Image-level head** (Haloi 2017): global max- and mean-pooling over the image of the features
+  and of the pixels' class scores, then a fully connected layer gives one "class present" logit per
+  class after the first (for two classes: "defect present"), trained with a sigmoid cross entropy
+  on image-level labels beside the pixel loss (its weight is ``image_head["loss_weight"]``). The
+  pooled class scores let image-level labels teach the segmentation too (the highest-scoring pixel
+  of an image without defects is pushed down, that of a defective image up).
 
 Both poolings combine across tiles (max of maxima, sums of sums), so prediction in tiles equals
 prediction on the whole image.
@@ -32,6 +34,7 @@ __all__ = [
     "model_backward",
     "model_forward",
     "PooledFeatures",
+    "image_head_inputs",
 ]
 
 POOLS = ("max", "mean")
@@ -76,11 +79,28 @@ def add_image_head(model: Model, loss_weight: float = 1.0) -> Model:
     if not (loss_weight >= 0 and np.isfinite(loss_weight)):
         raise InputError(f"the image-level loss weight must be a number >= 0, got {loss_weight}")
     _check_last_layer(model)
-    j, c = model.n_classes - 1, model.n_features
-    model.weights.append(np.zeros((j, 2 * c), model.dtype))
+    j = model.n_classes - 1
+    model.weights.append(np.zeros((j, image_head_inputs(model)), model.dtype))
     model.biases.append(np.zeros(j, model.dtype))
     model.image_head = {"loss_weight": float(loss_weight)}
     return model
+
+
+def image_head_inputs(model: Model) -> int:
+    """Inputs of the image-level head: max and mean of every feature map and of every class score."""
+    return 2 * (model.n_features + model.n_classes)
+
+
+def _global_pool(feats: np.ndarray, logits: np.ndarray, valid: tuple[int, int]):
+    """``(g, arg)``: per map, the max and the mean over the valid block of features then logits."""
+    vh, vw = valid
+    maps = np.concatenate([feats[:, :vh, :vw], logits[:, :vh, :vw].astype(feats.dtype)]).reshape(
+        feats.shape[0] + logits.shape[0], -1)
+    arg = maps.argmax(axis=1)
+    c = feats.shape[0]
+    top, mean = maps[np.arange(maps.shape[0]), arg], maps.mean(axis=1)
+    g = np.concatenate([top[:c], mean[:c], top[c:], mean[c:]]).astype(feats.dtype)
+    return g, arg
 
 
 @dataclass
@@ -137,10 +157,12 @@ class PooledFeatures:
             pooled = np.where(seen, self.sp_value, 0.0)
         return (w.astype(np.float64) @ pooled + b[:, None]).astype(model.dtype)
 
-    def image_logits(self, model: Model) -> np.ndarray:
-        """Image-level logits ``(K - 1,)``."""
+    def image_logits(self, model: Model, logits: np.ndarray) -> np.ndarray:
+        """Image-level logits ``(K - 1,)`` given the whole image's final class scores ``(K, H, W)``."""
         w, b = model.head_params("image_head")
-        g = np.concatenate([self.g_max, self.g_sum / max(self.g_count, 1)])
+        z = logits.reshape(logits.shape[0], -1)
+        g = np.concatenate([self.g_max, self.g_sum / max(self.g_count, 1), z.max(axis=1),
+                            z.mean(axis=1, dtype=np.float64)])
         return (w.astype(np.float64) @ g + b).astype(model.dtype)
 
 
@@ -190,10 +212,7 @@ def model_forward(
     image_logits = None
     if model.image_head is not None:
         w, b = model.head_params("image_head")
-        vh, vw = valid
-        region = feats[:, :vh, :vw].reshape(c, -1)
-        g_arg = region.argmax(axis=1)
-        g = np.concatenate([region[np.arange(c), g_arg], region.mean(axis=1)]).astype(feats.dtype)
+        g, g_arg = _global_pool(feats, logits, valid)
         image_logits = w @ g + b
     cache = HeadCache(net, feats, segments, n_segments, sp_pooled, sp_aux, valid, g, g_arg) if keep else None
     return logits, image_logits, cache
@@ -211,6 +230,24 @@ def model_backward(
         feats = cache.features
         c, oh, ow = feats.shape
         grad_feats = np.zeros_like(feats)
+        if model.image_head is not None:  # first: its gradient w.r.t. the logits feeds the rest
+            w, _ = model.head_params("image_head")
+            if grad_image is None:
+                grad_image = np.zeros(w.shape[0], w.dtype)
+            grad_image = np.asarray(grad_image, w.dtype)
+            image_w = np.outer(grad_image, cache.g).astype(w.dtype)
+            image_b = grad_image.copy()
+            grad_g = w.T @ grad_image
+            k = grad_logits.shape[0]
+            vh, vw = cache.valid
+            n_maps = c + k
+            grad_maps = np.zeros((n_maps, vh * vw), feats.dtype)
+            grad_maps[np.arange(n_maps), cache.g_arg] += np.concatenate([grad_g[:c], grad_g[2 * c : 2 * c + k]])
+            grad_maps += (np.concatenate([grad_g[c : 2 * c], grad_g[2 * c + k :]]) / (vh * vw))[:, None]
+            grad_maps = grad_maps.reshape(n_maps, vh, vw)
+            grad_feats[:, :vh, :vw] += grad_maps[:c]
+            grad_logits = grad_logits.astype(feats.dtype, copy=True)
+            grad_logits[:, :vh, :vw] += grad_maps[c:]
         if model.superpixels is not None:
             w, _ = model.head_params("superpixels")
             grad_scores = sp_broadcast_backward(grad_logits.astype(feats.dtype, copy=False), cache.segments,
@@ -221,18 +258,8 @@ def model_backward(
             grad_feats += sp_pool_backward(grad_pooled, cache.segments, cache.sp_aux,
                                            model.superpixels["pool"], (oh, ow))
         if model.image_head is not None:
-            w, _ = model.head_params("image_head")
-            if grad_image is None:
-                grad_image = np.zeros(w.shape[0], w.dtype)
-            grad_image = np.asarray(grad_image, w.dtype)
-            head_w.append(np.outer(grad_image, cache.g).astype(w.dtype))
-            head_b.append(grad_image.copy())
-            grad_g = w.T @ grad_image
-            vh, vw = cache.valid
-            region = np.zeros((c, vh * vw), feats.dtype)
-            region[np.arange(c), cache.g_arg] += grad_g[:c]
-            region += (grad_g[c:] / (vh * vw))[:, None]
-            grad_feats[:, :vh, :vw] += region.reshape(c, vh, vw)
+            head_w.append(image_w)
+            head_b.append(image_b)
     grad_w, grad_b = backward(model, cache.net, grad_logits, grad_feats)
     return [*grad_w, *head_w], [*grad_b, *head_b]
 

@@ -140,7 +140,7 @@ def _model_from(header: dict, arrays: dict) -> Model:
     superpixels, image_head = header.get("superpixels"), header.get("image_head")
     for name, config, shape in (
         ("superpixels", superpixels, (spec.n_classes, n_feat)),
-        ("image_head", image_head, (spec.n_classes - 1, 2 * n_feat)),
+        ("image_head", image_head, (spec.n_classes - 1, 2 * (n_feat + spec.n_classes))),
     ):
         if config is None:
             continue

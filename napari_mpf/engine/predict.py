@@ -123,7 +123,7 @@ def predict_from_padded(
     if use_heads and model.superpixels is not None:
         out += sp_broadcast(pooled.superpixel_scores(model), np.ascontiguousarray(segments, np.int32))
     if use_heads and model.image_head is not None:
-        prediction.image_logits = pooled.image_logits(model)
+        prediction.image_logits = pooled.image_logits(model, out)
     return prediction
 
 

@@ -275,6 +275,8 @@ class Trainer:
         grad = _flat_grad(gw, gb)
         if not (math.isfinite(loss) and np.isfinite(grad).all()):
             return float("nan")
+        if not grad.any():  # nothing to learn from this batch: don't drift on the optimiser's momentum
+            return loss
         opt.step(theta, loss, grad, loss_fn, loss_grad_fn, lr)
         if not np.isfinite(theta).all():
             return float("nan")

@@ -70,7 +70,8 @@ def _reference(model, image, segments):
         logits = logits + (w @ pooled + b[:, None])[:, segments]
     if model.image_head is not None:
         w, b = model.head_params("image_head")
-        g = np.concatenate([feats.reshape(c, -1).max(1), feats.reshape(c, -1).mean(1)])
+        z = logits.reshape(logits.shape[0], -1)
+        g = np.concatenate([feats.reshape(c, -1).max(1), feats.reshape(c, -1).mean(1), z.max(1), z.mean(1)])
         image_logits = w @ g + b
     return logits, image_logits
 
