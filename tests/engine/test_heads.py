@@ -201,3 +201,20 @@ def test_superpixel_branch_trains():
     assert np.abs(w).max() > 0  # the branch was trained
     probs = predict_proba(model, images[1])
     assert probs.shape == (2, 32, 32) and np.allclose(probs.sum(0), 1, atol=1e-5)
+
+
+def test_step_without_gradient_leaves_weights_alone():
+    """An image with only an image-level label and a head of loss weight 0 gives no gradient: Adam
+    must not move the weights on its momentum."""
+    images, labels, present = _blob_images(2, 3)
+    labels[0][:2] = 1
+    labels[0][-2:] = 2
+    labels[1][:] = 0
+    model = Model.for_data(images, labels, spec="C3x3x6, MPF2x2, C3x3x8, FC12", seed=0)
+    add_image_head(model, loss_weight=0.0)
+    run = Trainer(model, images, labels, TrainConfig(steps=40, seed=0, augment=False), image_labels=present).run()
+    before = None
+    for progress in run:
+        if progress.image_index == 1 and before is not None:
+            assert all(np.array_equal(a, b) for a, b in zip(before, model.weights, strict=True))
+        before = [w.copy() for w in model.weights]
