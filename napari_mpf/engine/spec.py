@@ -80,6 +80,8 @@ class NetworkSpec:
 PRESETS: dict[str, str] = {
     # small and quick for interactive use: 24x24 window
     "fast": "C5x5x16, MPF2x2, C5x5x16, MPF2x2, C3x3x24, FC48",
+    # between fast and n3: three pooling stages for a 52x52 window (more context at ~2x fast's cost)
+    "wide": "C5x5x16, MPF2x2, C5x5x16, MPF2x2, C5x5x24, MPF2x2, C3x3x32, FC64",
     # Masci et al. 2013 steel-defect net: window 34x34 (the paper quotes 31)
     "steel": "C7x7x8, MPF2x2, C5x5x8, MPF2x2, C5x5x8, FC100",
     # Ciresan et al. 2012 N3 membrane net: window 63x63 (the paper quotes 65)

@@ -29,6 +29,7 @@ CASES = [
     ("tiny-3x2-in10", "IN10x10, C3x3x4, MPF2x2, FC6, FC3", 1, 3, "tanh", (3, 2), "dense"),
     ("steel-tanh-9x11", "steel", 1, 2, "tanh", (9, 11), "sparse"),
     ("fast-relu-7x9", "fast", 2, 3, "relu", (7, 9), "dense"),
+    ("wide-tanh-9x11", "wide", 1, 2, "tanh", (9, 11), "sparse"),
     # larger maps: row lengths beyond typical vector / tile widths
     ("medium-mpf2-tanh-45x70", "C3x3x4, MPF2x2, C3x3x4, MPF2x2, C2x2x3, FC6, FC3", 1, 3, "tanh", (45, 70), "dense"),
     ("medium-steel-relu-10x40", "steel", 1, 2, "relu", (10, 40), "sparse"),
