@@ -24,6 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--preset", default=None, help="network preset (default: the widget's)")
     args = parser.parse_args()
     image, strokes = membrane_em((args.size, args.size))
     viewer = napari.Viewer(show=False)
@@ -33,6 +34,8 @@ def main() -> None:
     viewer.window.add_dock_widget(widget)
     widget.steps_spin.setValue(args.steps)
     widget.preview_spin.setValue(1)
+    if args.preset:
+        widget.spec_combo.setCurrentText(args.preset)
     app = QApplication.instance()
     for run in ("first (Numba cache as found)", "second"):
         widget.timings.pop("first_preview", None)
@@ -47,7 +50,8 @@ def main() -> None:
             time.sleep(0.01)
         total = time.perf_counter() - t0
         print(f"{run}: Train -> first preview {first:.2f} s; {args.steps} steps in {total:.1f} s "
-              f"({total / args.steps:.2f} s/step with a preview every step), {args.size}x{args.size}")
+              f"({total / args.steps:.2f} s/step with a preview every step), {args.size}x{args.size}, "
+              f"{widget.spec_combo.currentText()}")
     viewer.close()
     assert np.isfinite(total)
 
