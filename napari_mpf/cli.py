@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--spec", metavar="TEXT", help="network in the papers' notation, e.g. 'C5x5x8, MPF2x2, C3x3x8, FC32'")
     t.add_argument("--activation", choices=("tanh", "relu"), default="tanh")
     t.add_argument("--optimizer", choices=("adam", "sgd", "armijo", "lbfgs"), default="adam")
-    t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: the optimizer's)")
+    t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: the optimizer's, a third of it for Adam/SGD on nets with 3+ pooling stages)")
     t.add_argument("--steps", type=_positive_int, default=200, help="training steps (one image each; default 200)")
     t.add_argument("--no-augment", action="store_true", help="no random flips and rotations")
     t.add_argument("--no-balance", action="store_true", help="plain loss instead of the class-balanced one")

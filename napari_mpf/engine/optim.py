@@ -12,13 +12,23 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["OPTIMIZERS", "DEFAULT_LR", "make_optimizer"]
+__all__ = ["OPTIMIZERS", "DEFAULT_LR", "default_lr", "make_optimizer"]
 
 LossFn = Callable[[np.ndarray], float]
 LossGradFn = Callable[[np.ndarray], tuple[float, np.ndarray]]
 
 #: Default (initial) learning rate per optimiser; for the line searches the first trial step.
 DEFAULT_LR = {"adam": 0.003, "sgd": 0.02, "armijo": 1.0, "lbfgs": 1.0}
+
+
+def default_lr(optimizer: str, n_pools: int) -> float:
+    """The learning rate used when none is given: ``DEFAULT_LR``, a third of it for Adam and SGD on
+    networks with three or more pooling stages (the 52x52 ``wide`` net collapsed to a constant output
+    on the magnetic tiles at Adam 0.003 and trained well at 0.001; benchmarks/RESULTS_ACCURACY.md)."""
+    lr = DEFAULT_LR[optimizer]
+    if optimizer in ("adam", "sgd") and n_pools >= 3:
+        lr /= 3
+    return lr
 
 
 class SGD:

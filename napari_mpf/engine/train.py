@@ -17,7 +17,7 @@ from .heads import has_heads
 from .inputs import InputError, check_training_pairs
 from .loss import Batch, batch_loss, crop_box, make_batch
 from .model import Model
-from .optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
+from .optim import OPTIMIZERS, default_lr, make_optimizer
 from .predict import normalise, predict_proba
 from .superpixels import slic_superpixels
 
@@ -26,7 +26,7 @@ __all__ = ["TrainConfig", "Progress", "Trainer", "train", "fit"]
 
 @dataclass
 class TrainConfig:
-    """Training settings. ``lr=None`` takes the optimiser's default (see ``optim.DEFAULT_LR``).
+    """Training settings. ``lr=None`` takes the optimiser's default for the network (``optim.default_lr``).
 
     ``schedule``: ``"cosine"`` decays the learning rate to 10% over the run, ``"constant"`` keeps it.
     ``preview_every``: every that many steps (and at the last step) a :class:`Progress` carries the
@@ -145,7 +145,8 @@ class Trainer:
         if not usable:
             raise InputError("nothing to learn from: no image has painted pixels or an image-level label")
         self._class_weight = self._global_class_weight(len(usable)) if cfg.balance == "global" else None
-        base_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
+        n_pools = sum(layer.kind == "pool" for layer in model.spec.layers)
+        base_lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, n_pools)
         # weights become views into one flat vector that the optimiser updates in place
         theta, views = _flatten(model)
         opt = make_optimizer(cfg.optimizer, theta.size, cfg.momentum)

@@ -196,3 +196,17 @@ def test_global_balance_weighs_classes_by_their_frequency_in_the_whole_set():
     assert loss == pytest.approx(200 * (2 / 600) * np.log(2))
     with pytest.raises(InputError, match="balance"):
         Trainer(model, images, labels, TrainConfig(balance="sometimes"))
+
+
+def test_default_learning_rate_is_smaller_for_deep_networks():
+    from napari_mpf.engine.optim import DEFAULT_LR, default_lr
+
+    assert default_lr("adam", 2) == DEFAULT_LR["adam"]
+    assert default_lr("adam", 3) == pytest.approx(DEFAULT_LR["adam"] / 3)
+    assert default_lr("lbfgs", 4) == DEFAULT_LR["lbfgs"]
+    images = [np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)]
+    labels = [np.arange(256).reshape(16, 16) % 2 + 1]
+    for spec, expected in (("fast", DEFAULT_LR["adam"]), ("wide", DEFAULT_LR["adam"] / 3)):
+        model = Model.for_data(images, labels, spec=spec)
+        progress = next(Trainer(model, images, labels, TrainConfig(steps=2, schedule="constant")).run())
+        assert progress.lr == pytest.approx(expected)
