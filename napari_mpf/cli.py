@@ -20,6 +20,9 @@ import numpy as np
 from . import __version__
 
 PROG = "napari-mpf"
+#: Network of `train` without --preset/--spec: the most accurate preset in the accuracy evaluation
+#: (benchmarks/RESULTS_ACCURACY.md); the widget keeps `fast` for quick live previews.
+DEFAULT_PRESET = "wide"
 _PROB_EXT = (".npy", ".tif", ".tiff", ".npz")
 _SEG_EXT = (".tif", ".tiff", ".png", ".npy", ".npz")
 _PROB_DTYPES = ("uint8", "float16", "float32")
@@ -98,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--label-offset", type=int, default=0, metavar="N", help="add N to every label pixel; use 1 for dense masks where 0 is a class (0/1 -> classes 1/2)")
     t.add_argument("--sample-labels", type=_fraction, metavar="FRACTION", help="keep a random (seeded) fraction of the labelled pixels and unpaint the rest, to emulate sparse annotation")
     g = t.add_mutually_exclusive_group()
-    g.add_argument("--preset", default=None, help="named network: fast (default), steel or n3")
+    g.add_argument("--preset", default=None,
+                   help="named network: wide (default; 52x52 window, the most accurate in benchmarks/RESULTS_ACCURACY.md), "
+                        "fast (24x24, about twice as fast), steel or n3")
     g.add_argument("--spec", metavar="TEXT", help="network in the papers' notation, e.g. 'C5x5x8, MPF2x2, C3x3x8, FC32'")
     t.add_argument("--activation", choices=("tanh", "relu"), default="tanh")
     t.add_argument("--optimizer", choices=("adam", "sgd", "armijo", "lbfgs"), default="adam")
@@ -506,7 +511,7 @@ def _spec_from(args: argparse.Namespace) -> str:
 
     if args.spec is not None:
         return args.spec
-    spec = (args.preset or "fast").strip().lower()
+    spec = (args.preset or DEFAULT_PRESET).strip().lower()
     if spec not in PRESETS:
         raise CLIError(f"unknown preset '{args.preset}'; choose one of {', '.join(PRESETS)} or give --spec")
     return spec
