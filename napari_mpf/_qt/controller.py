@@ -514,17 +514,7 @@ class Controller:
         min_pixels: int | None = None,
     ) -> ObjectCounts:
         """Objects of class ``class_index`` (0-based) from its probability layer -> ``'<image> objects'``."""
-        names = self.model.class_names if self.model is not None else None
-        prob_layer = None
-        for layer in self.viewer.layers:
-            if (
-                isinstance(layer, Image)
-                and layer.metadata.get(OUTPUT_KEY) == "probability"
-                and layer.metadata.get("image") == image_layer.name
-                and (names is None or layer.metadata.get("class") == names[class_index])
-            ):
-                prob_layer = layer
-                break
+        prob_layer = self._probability_layer(image_layer, class_index)
         if prob_layer is None:
             raise UserError(f"No probability map for '{image_layer.name}' yet: train or apply a model first.")
         if not isinstance(prob_layer.data, np.ndarray):
@@ -561,6 +551,15 @@ class Controller:
     def image_probability(self, image_layer, class_index: int = 1, z: int | None = None) -> float | None:
         """The image-level head's p(class ``class_index`` present) for slice ``z`` (None for 2D) as
         last predicted into the probability layer, or None if not known."""
+        layer = self._probability_layer(image_layer, class_index)
+        if layer is None:
+            return None
+        per_slice = layer.metadata.get("image_probability_per_slice") or []
+        i = 0 if z is None else int(z)
+        return per_slice[i] if i < len(per_slice) else None
+
+    def _probability_layer(self, image_layer, class_index: int):
+        """The probability layer of class ``class_index`` (0-based) of ``image_layer``, or None."""
         names = self.model.class_names if self.model is not None else None
         for layer in self.viewer.layers:
             if (
@@ -569,9 +568,7 @@ class Controller:
                 and layer.metadata.get("image") == image_layer.name
                 and (names is None or layer.metadata.get("class") == names[class_index])
             ):
-                per_slice = layer.metadata.get("image_probability_per_slice") or []
-                i = 0 if z is None else int(z)
-                return per_slice[i] if i < len(per_slice) else None
+                return layer
         return None
 
     # ----------------------------------------------------------------- big and dask-backed images
