@@ -66,7 +66,7 @@ class TrainSettings:
     class_names: list[str] | None = None
     #: a new network gets a superpixel branch (SLIC superpixels of about ``superpixel_size`` px)
     superpixel_branch: bool = False
-    superpixel_size: float = 400.0
+    superpixel_size: float = 100.0  # the best size on the tiles (benchmarks/RESULTS_SEED_METHODS.md)
     superpixel_pool: str = "max"
     #: a new network gets an image-level "class present" head, trained with this loss weight
     image_head: bool = False

@@ -201,11 +201,7 @@ class TrainerWidget(QWidget):
             "A new network gets a branch that pools its features over SLIC superpixels and adds the resulting "
             "class scores to every pixel of each superpixel (Schuurmans et al. 2018)."
         )
-        self.superpixel_size_spin = QSpinBox()
-        self.superpixel_size_spin.setRange(1, 10_000_000)
-        self.superpixel_size_spin.setValue(400)
-        self.superpixel_size_spin.setSuffix(" px")
-        self.superpixel_size_spin.setToolTip("Mean superpixel area of the branch, in pixels")
+        self.superpixel_size_spin = _superpixel_size_spin(100, "Mean superpixel area of the branch, in pixels")
         self.superpixel_pool_combo = QComboBox()
         self.superpixel_pool_combo.addItems(["max", "mean"])
         self.superpixel_pool_combo.setToolTip("How the branch pools the features over each superpixel")
@@ -294,11 +290,7 @@ class TrainerWidget(QWidget):
             "Average the class probabilities over SLIC superpixels of about this area before segmenting and "
             "counting (final maps and Predict; the training preview is not refined)."
         )
-        self.refine_size_spin = QSpinBox()
-        self.refine_size_spin.setRange(1, 10_000_000)
-        self.refine_size_spin.setValue(400)
-        self.refine_size_spin.setSuffix(" px")
-        self.refine_size_spin.setToolTip("Mean superpixel area of the refinement, in pixels")
+        self.refine_size_spin = _superpixel_size_spin(400, "Mean superpixel area of the refinement, in pixels")
         refine.addWidget(self.refine_check)
         refine.addWidget(self.refine_size_spin, 1)
         form.addRow("Refine", refine)
@@ -942,3 +934,12 @@ class TrainerWidget(QWidget):
         self.close_workers()
         super().closeEvent(event)
 
+
+def _superpixel_size_spin(value: int, tooltip: str) -> QSpinBox:
+    """A spin box for a mean superpixel area in pixels."""
+    spin = QSpinBox()
+    spin.setRange(1, 10_000_000)
+    spin.setValue(value)
+    spin.setSuffix(" px")
+    spin.setToolTip(tooltip)
+    return spin
