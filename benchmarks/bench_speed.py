@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 
 from napari_mpf.engine import Model, predict_proba  # noqa: E402
 from napari_mpf.engine.loss import batch_loss, make_batch  # noqa: E402
+from napari_mpf.engine.network import Workspace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {
@@ -92,9 +93,10 @@ class Ours:
         self.model, self.image = model, image
         x = ((image - model.norm_mean[0]) / model.norm_std[0])[None].astype(np.float32)
         self.batch = make_batch(model, x, labels)
+        self.workspace = Workspace()  # as Trainer.run: buffers reused from step to step
 
     def train_step(self):
-        batch_loss(self.model, self.batch)
+        batch_loss(self.model, self.batch, workspace=self.workspace)
 
     def predict(self):
         return predict_proba(self.model, self.image)

@@ -1,8 +1,22 @@
-"""Convolutions of wide layers as im2col + BLAS sgemm, in row tiles that bound the memory."""
+"""Convolutions of wide layers as im2col + BLAS sgemm, in row tiles that bound the memory.
+
+The tiles are shared out among worker threads (as many as Numba's threads in the calling thread),
+each running the serial im2col kernel and a single-threaded sgemm on its own tiles: a tile stays in
+its core's cache, and no parallel region starts or joins per tile. The input gradient is the
+"full" convolution of the output gradient with the flipped, transposed kernel (an im2col with zero
+padding), so every thread writes its own rows and nothing is scattered.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import numba
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from . import kernels as K
 
@@ -12,8 +26,13 @@ __all__ = ["use_gemm", "conv_forward", "conv_backward"]
 #: narrower ones are faster in the direct Numba kernels.
 GEMM_MIN_K = 256
 GEMM_MIN_OUT = 32
-#: Upper bound on one im2col tile, in elements.
+#: Upper bound on one im2col tile, in elements (1 MB in float32: a core's L2 cache).
 TILE_ELEMENTS = 1 << 18
+
+_LOCK = threading.Lock()
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+_BLAS = None
 
 
 def use_gemm(weight: np.ndarray) -> bool:
@@ -22,24 +41,69 @@ def use_gemm(weight: np.ndarray) -> bool:
     return k >= GEMM_MIN_K and weight.shape[0] >= GEMM_MIN_OUT
 
 
-def _row_tiles(rows: int, wo: int, k: int):
+def _row_tiles(rows: int, wo: int, k: int) -> list[tuple[int, int]]:
     """Tiles of output rows (counted over all fragments: row ``f * ho + y``) of bounded im2col size."""
     step = max(1, min(rows, TILE_ELEMENTS // max(1, k * wo)))
-    for r0 in range(0, rows, step):
-        yield r0, min(rows, r0 + step)
+    return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
 
 
-def conv_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, act: int, out: np.ndarray) -> np.ndarray:
-    """Same result as :func:`kernels.conv_forward`, via BLAS."""
+def _run(job: Callable[[list], object], tiles: list) -> list:
+    """``job(tiles[i::n])`` on ``n`` worker threads (Numba's thread count here), BLAS on one thread
+    each; the split depends only on ``n``, so results are reproducible."""
+    global _POOL, _POOL_SIZE, _BLAS
+    n = max(1, min(numba.get_num_threads(), len(tiles)))
+    if n == 1:
+        return [job(tiles)]
+    parts = [tiles[i::n] for i in range(n)]
+    with _LOCK:  # one tiled convolution at a time: each uses every core
+        if _POOL_SIZE < n:
+            _POOL_SIZE = max(n, numba.config.NUMBA_NUM_THREADS)
+            _POOL = ThreadPoolExecutor(_POOL_SIZE, "napari-mpf-gemm")
+            _BLAS = _BLAS or ThreadpoolController()
+        with _BLAS.limit(limits=1, user_api="blas"):
+            return list(_POOL.map(job, parts))
+
+
+def conv_forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, act: int, out: np.ndarray,
+    pad: tuple[int, int] = (0, 0),
+) -> np.ndarray:
+    """Same result as :func:`kernels.conv_forward`, via BLAS. With ``pad`` the input is read as if
+    zero-padded by ``pad`` rows and columns before (and as many as needed after)."""
     n_out, n_in, kh, kw = w.shape
     ho, wo = out.shape[2:]
     k = n_in * kh * kw
     w2 = np.ascontiguousarray(w.reshape(n_out, k))
-    for r0, r1 in _row_tiles(x.shape[0] * ho, wo, k):
-        cols = np.empty((k, (r1 - r0) * wo), x.dtype)
-        K.im2col(x, r0, r1, kh, kw, ho, wo, cols)
-        K.bias_act_store(w2 @ cols, b, act, r0, out)
+    b = np.zeros(n_out, x.dtype) if b is None else b
+    tiles = _row_tiles(x.shape[0] * ho, wo, k)
+    step = tiles[0][1] - tiles[0][0]
+
+    def job(part):
+        cols = np.empty((k, step * wo), x.dtype)
+        tmp = np.empty((n_out, step * wo), x.dtype)
+        for r0, r1 in part:
+            n = (r1 - r0) * wo
+            K.im2col(x, r0, r1, kh, kw, ho, wo, pad[0], pad[1], cols[:, :n])
+            np.matmul(w2, cols[:, :n], out=tmp[:, :n])
+            K.bias_act_store(tmp[:, :n], b, act, r0, out)
+
+    _run(job, tiles)
     return out
+
+
+def _weight_grad_job(x, grad_out, kh, kw, part):
+    n_out, ho, wo = grad_out.shape[1:]
+    k = x.shape[1] * kh * kw
+    step = max(r1 - r0 for r0, r1 in part)
+    cols = np.empty((k, step * wo), x.dtype)
+    g = np.empty((n_out, step * wo), x.dtype)
+    gw = np.zeros((n_out, k), x.dtype)
+    for r0, r1 in part:
+        n = (r1 - r0) * wo
+        K.im2col(x, r0, r1, kh, kw, ho, wo, 0, 0, cols[:, :n])
+        K.gather_rows(grad_out, r0, r1, g[:, :n])
+        gw += g[:, :n] @ cols[:, :n].T
+    return gw
 
 
 def conv_backward(x: np.ndarray, grad_out: np.ndarray, w: np.ndarray, grad_w: np.ndarray,
@@ -47,18 +111,9 @@ def conv_backward(x: np.ndarray, grad_out: np.ndarray, w: np.ndarray, grad_w: np
     """Weight gradient (and, if ``grad_in`` is given, input gradient) of a valid convolution."""
     n_out, n_in, kh, kw = w.shape
     ho, wo = grad_out.shape[2:]
-    k = n_in * kh * kw
-    w2t = np.ascontiguousarray(w.reshape(n_out, k).T)
-    gw = np.zeros((n_out, k), x.dtype)
+    tiles = _row_tiles(x.shape[0] * ho, wo, n_in * kh * kw)
+    partial_sums = _run(partial(_weight_grad_job, x, grad_out, kh, kw), tiles)
+    grad_w[:] = sum(partial_sums[1:], partial_sums[0]).reshape(grad_w.shape)
     if grad_in is not None:
-        grad_in[:] = 0
-    # (o, f, y, c) order, so that a tile of rows is one strided block per output map
-    g_all = grad_out.transpose(1, 0, 2, 3).reshape(n_out, -1, wo)
-    for r0, r1 in _row_tiles(x.shape[0] * ho, wo, k):
-        cols = np.empty((k, (r1 - r0) * wo), x.dtype)
-        K.im2col(x, r0, r1, kh, kw, ho, wo, cols)
-        g = np.ascontiguousarray(g_all[:, r0:r1]).reshape(n_out, -1)
-        gw += g @ cols.T
-        if grad_in is not None:
-            K.col2im_add(w2t @ g, r0, r1, kh, kw, ho, wo, grad_in)
-    grad_w[:] = gw.reshape(grad_w.shape)
+        flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        conv_forward(grad_out, flipped, None, K.ACT_NONE, grad_in, pad=(kh - 1, kw - 1))

@@ -22,7 +22,7 @@ import numpy as np
 
 from .inputs import InputError
 from .model import Model
-from .network import Cache, backward, forward_features
+from .network import Cache, Workspace, backward, forward_features
 from .superpixels import sp_broadcast, sp_broadcast_backward, sp_pool_backward, sp_pool_forward
 
 __all__ = [
@@ -188,6 +188,7 @@ def model_forward(
     n_segments: int = 0,
     valid: tuple[int, int] | None = None,
     keep: bool = False,
+    workspace: Workspace | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, HeadCache | None]:
     """Logits ``(K, oh, ow)`` with the heads' contributions and image logits ``(K - 1,)`` (or None).
 
@@ -196,9 +197,9 @@ def model_forward(
     the image-level head pools (default: all outputs). Pooling is over this box only.
     """
     if not has_heads(model):
-        logits, net = forward_features(model, padded, keep, features=False)[::2]
+        logits, net = forward_features(model, padded, keep, features=False, workspace=workspace)[::2]
         return logits, None, (HeadCache(net, None, None, 0, None, None, (0, 0), None, None) if keep else None)
-    logits, feats, net = forward_features(model, padded, keep)
+    logits, feats, net = forward_features(model, padded, keep, workspace=workspace)
     c, oh, ow = feats.shape
     valid = (oh, ow) if valid is None else valid
     sp_pooled = sp_aux = g = g_arg = None

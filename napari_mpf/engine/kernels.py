@@ -152,21 +152,23 @@ def mpf_forward(x, ph, pw, act, out, arg):
         r = fo // n_frag
         ry = r // pw
         rx = r % pw
-        for i in range(hn):
+        for i in range(hn):  # row by row, each offset's strided row in turn (vectorises)
             y0 = ry + i * ph
-            for j in range(wn):
-                x0 = rx + j * pw
-                best = x[f, c, y0, x0]
-                code = 0
-                for a in range(ph):
-                    for bb in range(pw):
-                        v = x[f, c, y0 + a, x0 + bb]
-                        if v > best:
-                            best = v
-                            code = a * pw + bb
-                out[fo, c, i, j] = best
-                arg[fo, c, i, j] = code
-            activate_row(out[fo, c, i], wn, act)
+            best = out[fo, c, i]
+            code = arg[fo, c, i]
+            best[:] = x[f, c, y0, rx:rx + wn * pw:pw]
+            code[:] = 0
+            for a in range(ph):
+                for bb in range(pw):
+                    if a == 0 and bb == 0:
+                        continue
+                    src = x[f, c, y0 + a, rx + bb:rx + bb + wn * pw:pw]
+                    k = a * pw + bb
+                    for j in range(wn):
+                        if src[j] > best[j]:
+                            best[j] = src[j]
+                            code[j] = k
+            activate_row(best, wn, act)
     return out
 
 
@@ -191,56 +193,61 @@ def mpf_backward(grad_out, arg, ph, pw, grad_in):
     return grad_in
 
 
-@njit(parallel=True, **_OPTS)
-def im2col(x, r0, r1, kh, kw, ho, wo, cols):
-    """``cols[(i*kh + ky)*kw + kx, (r - r0)*wo + c] = x[f, i, y + ky, c + kx]`` for the output rows
-    ``r0 <= r < r1`` of all fragments, ``r = f * ho + y``."""
-    n_in = x.shape[1]
-    for q in prange(n_in * kh * kw):
-        i = q // (kh * kw)
-        ky = (q // kw) % kh
-        kx = q % kw
-        for r in range(r0, r1):
-            f = r // ho
-            y = r % ho
-            base = (r - r0) * wo
-            src = x[f, i, y + ky]
-            for c in range(wo):
-                cols[q, base + c] = src[c + kx]
-    return cols
+# The BLAS path (gemm.py) runs these serial kernels on tiles of output rows, one tile per worker
+# thread at a time: each core keeps its tile in its own cache and calls single-threaded sgemm.
 
 
-@njit(parallel=True, **_OPTS)
-def col2im_add(dcols, r0, r1, kh, kw, ho, wo, grad_in):
-    """Adjoint of :func:`im2col`: ``grad_in[f, i, y + ky, c + kx] += dcols[...]``."""
-    n_in = grad_in.shape[1]
-    for i in prange(n_in):
+@njit(**_OPTS)
+def im2col(x, r0, r1, kh, kw, ho, wo, py, px, cols):
+    """``cols[(i*kh + ky)*kw + kx, (r - r0)*wo + c] = x[f, i, y + ky - py, c + kx - px]`` (0 outside
+    ``x``) for the output rows ``r0 <= r < r1`` of all fragments, ``r = f * ho + y``."""
+    n_in, h, w = x.shape[1], x.shape[2], x.shape[3]
+    # slices rather than computed indices: Numba cannot prove those non-negative, and the
+    # wrap-around checks stop the copies from vectorising
+    for i in range(n_in):
         for ky in range(kh):
             for kx in range(kw):
                 q = (i * kh + ky) * kw + kx
+                lo = min(wo, max(0, px - kx))  # columns [lo, hi) read inside the row
+                hi = max(lo, min(wo, w + px - kx))
+                s = max(0, lo + kx - px)
                 for r in range(r0, r1):
-                    f = r // ho
-                    y = r % ho
-                    base = (r - r0) * wo
-                    dst = grad_in[f, i, y + ky]
-                    for c in range(wo):
-                        dst[c + kx] += dcols[q, base + c]
-    return grad_in
+                    yy = r % ho + ky - py
+                    dst = cols[q, (r - r0) * wo:(r - r0 + 1) * wo]
+                    if yy < 0 or yy >= h:
+                        dst[:] = 0
+                        continue
+                    dst[:lo] = 0
+                    dst[lo:hi] = x[r // ho, i, yy, s:s + hi - lo]
+                    dst[hi:] = 0
+    return cols
 
 
-@njit(parallel=True, **_OPTS)
+@njit(**_OPTS)
 def bias_act_store(tmp, b, act, r0, out):
     """``out[f, o, y, c] = act(tmp[o, (r - r0)*wo + c] + b[o])`` with ``r = f * ho + y``."""
     n_out, ho, wo = tmp.shape[0], out.shape[2], out.shape[3]
     rows = tmp.shape[1] // wo
-    for t in prange(n_out * rows):
-        o = t // rows
-        r = r0 + t % rows
-        dst = out[r // ho, o, r % ho]
-        for c in range(wo):
-            dst[c] = tmp[o, (r - r0) * wo + c] + b[o]
-        activate_row(dst, wo, act)
+    for o in range(n_out):
+        for t in range(rows):
+            r = r0 + t
+            dst = out[r // ho, o, r % ho]
+            src = tmp[o, t * wo:(t + 1) * wo]
+            bias = b[o]
+            for c in range(wo):
+                dst[c] = src[c] + bias
+            activate_row(dst, wo, act)
     return out
+
+
+@njit(**_OPTS)
+def gather_rows(a, r0, r1, dst):
+    """``dst[o, (r - r0)*w + c] = a[f, o, y, c]`` with ``r = f * h + y`` (inverse of the store)."""
+    n_maps, h, w = a.shape[1], a.shape[2], a.shape[3]
+    for o in range(n_maps):
+        for r in range(r0, r1):
+            dst[o, (r - r0) * w:(r - r0 + 1) * w] = a[r // h, o, r % h]
+    return dst
 
 
 @njit(parallel=True, **_OPTS)

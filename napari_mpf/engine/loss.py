@@ -10,7 +10,7 @@ from .heads import has_heads, image_loss, model_backward, model_forward
 from .inputs import as_labels
 from .kernels import softmax_cross_entropy
 from .model import Model
-from .network import backward, forward, mirror_indices, padded_size
+from .network import Workspace, backward, forward, mirror_indices, padded_size
 from .predict import normalise
 from .superpixels import relabel, slic_superpixels
 
@@ -171,20 +171,23 @@ def crop_box(
 
 
 def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool = True,
-               class_weight: np.ndarray | None = None):
+               class_weight: np.ndarray | None = None, workspace: Workspace | None = None):
     """``(loss, grad_weights, grad_biases)`` on a batch; the gradients are ``None`` without ``need_grad``.
+
+    A :class:`~napari_mpf.engine.network.Workspace` reused from step to step saves the page faults
+    of fresh activation buffers.
 
     With an image-level head the loss adds its weighted sigmoid cross entropy on the known targets.
     """
     if not has_heads(model):
-        logits, cache = forward(model, batch.padded, keep=need_grad)
+        logits, cache = forward(model, batch.padded, keep=need_grad, workspace=workspace)
         loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance, class_weight)
         if not need_grad:
             return loss, None, None
         grad_w, grad_b = backward(model, cache, grad_logits)
         return loss, grad_w, grad_b
     logits, image_logits, hcache = model_forward(
-        model, batch.padded, batch.segments, batch.n_segments, batch.valid, keep=need_grad
+        model, batch.padded, batch.segments, batch.n_segments, batch.valid, keep=need_grad, workspace=workspace
     )
     loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance, class_weight)
     grad_image = None

@@ -16,7 +16,9 @@ from . import gemm
 from . import kernels as K
 from .model import Model
 
-__all__ = ["mirror_indices", "pad_image", "padded_size", "forward", "forward_features", "backward", "Cache"]
+__all__ = [
+    "mirror_indices", "pad_image", "padded_size", "forward", "forward_features", "backward", "Cache", "Workspace",
+]
 
 
 def mirror_indices(n: int, before: int, after: int) -> np.ndarray:
@@ -46,6 +48,33 @@ def padded_size(n: int, factor: int) -> int:
     return -(-n // factor) * factor
 
 
+class Workspace:
+    """Buffers of the training passes, kept from one step to the next.
+
+    A training step of ``n3`` on 512² writes about 1.5 GB of activations and gradients; fresh
+    arrays every step cost as much again in page faults. A workspace hands out the same memory at
+    every step (growing if a step needs more) and holds it until it is dropped, so it belongs to
+    one training run. One forward pass at a time: a second :func:`forward` with the same workspace
+    invalidates the first one's cache (:func:`backward` then refuses it).
+    """
+
+    def __init__(self) -> None:
+        self._flat: dict = {}
+        self.owner: Cache | None = None
+
+    def array(self, key, shape: tuple, dtype) -> np.ndarray:
+        """An uninitialised array of ``shape`` that is reused for ``key`` at every step."""
+        n = int(np.prod(shape))
+        buf = self._flat.get(key)
+        if buf is None or buf.dtype != dtype or buf.size < n:
+            buf = self._flat[key] = np.empty(n, dtype)
+        return buf[:n].reshape(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._flat.values())
+
+
 @dataclass
 class Cache:
     """What the backward pass needs from the forward pass."""
@@ -53,6 +82,7 @@ class Cache:
     inputs: list  # input of every layer (F, C, H, W)
     outputs: list  # output of every conv/fc layer, or (output, arg-max) of a pooling
     frag_shape: tuple  # (F, K, h, w) of the last layer
+    workspace: Workspace | None = None
 
 
 def _activations(model: Model) -> list[int]:
@@ -78,19 +108,20 @@ def _activations(model: Model) -> list[int]:
 
 
 def forward(
-    model: Model, padded: np.ndarray, keep: bool = False
+    model: Model, padded: np.ndarray, keep: bool = False, workspace: Workspace | None = None
 ) -> tuple[np.ndarray, Cache | None]:
     """Logits ``(K, oh, ow)`` for a padded ``(C, oh + wh - 1, ow + ww - 1)`` input (model dtype).
 
     ``oh`` and ``ow`` must be multiples of the total pooling factor. With ``keep`` the activations
-    are kept for :func:`backward`.
+    are kept for :func:`backward`, in ``workspace`` if one is given.
     """
-    logits, _, cache = forward_features(model, padded, keep, features=False)
+    logits, _, cache = forward_features(model, padded, keep, features=False, workspace=workspace)
     return logits, cache
 
 
 def forward_features(
-    model: Model, padded: np.ndarray, keep: bool = False, features: bool = True
+    model: Model, padded: np.ndarray, keep: bool = False, features: bool = True,
+    workspace: Workspace | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, Cache | None]:
     """Like :func:`forward`, also returning the dense ``(C, oh, ow)`` maps that feed the last layer
     (the per-pixel features the heads see; the last layer must then be 1x1)."""
@@ -102,6 +133,11 @@ def forward_features(
     acts = _activations(model)
     dense = None
     last = len(spec.layers) - 1
+    ws = workspace if keep else None
+
+    def new(key, shape, dt=dtype):
+        return np.empty(shape, dt) if ws is None else ws.array((key, li), shape, dt)
+
     for li, layer in enumerate(spec.layers):
         if keep:
             inputs.append(x)
@@ -113,8 +149,8 @@ def forward_features(
         if layer.kind == "pool":
             ph, pw = layer.size
             hn, wn = (h - ph + 1) // ph, (w - pw + 1) // pw
-            out = np.empty((ph * pw * f, c, hn, wn), dtype)
-            arg = np.empty(out.shape, np.int32)
+            out = new("out", (ph * pw * f, c, hn, wn))
+            arg = new("arg", out.shape, np.int32)
             K.mpf_forward(x, ph, pw, acts[li], out, arg)
             if keep:
                 outputs.append((out, arg))
@@ -122,7 +158,7 @@ def forward_features(
             wgt, bias = model.weights[n_param], model.biases[n_param]
             n_param += 1
             kh, kw = wgt.shape[2:]
-            out = np.empty((f, wgt.shape[0], h - kh + 1, w - kw + 1), dtype)
+            out = new("out", (f, wgt.shape[0], h - kh + 1, w - kw + 1))
             if wgt.shape[2:] == (1, 1):
                 K.conv1x1_forward(_flat(x), wgt[:, :, 0, 0], bias, acts[li], _flat(out))
             elif gemm.use_gemm(wgt):
@@ -133,7 +169,10 @@ def forward_features(
                 outputs.append(out)
         x = out
     logits = interleave(x, spec)
-    return logits, dense, (Cache(inputs, outputs, x.shape) if keep else None)
+    cache = Cache(inputs, outputs, x.shape, ws) if keep else None
+    if ws is not None:
+        ws.owner = cache
+    return logits, dense, cache
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -185,6 +224,9 @@ def backward(
     ``(K, oh, ow)`` and, when heads use them, w.r.t. the dense features of :func:`forward_features`."""
     spec = model.spec
     dtype = model.dtype
+    ws = cache.workspace
+    if ws is not None and ws.owner is not cache:
+        raise RuntimeError("a later forward pass has reused this cache's workspace")
     grad = deinterleave(grad_logits.astype(dtype, copy=False), spec, cache.frag_shape)
     n_param = model.n_layer_params
     last = len(spec.layers) - 1
@@ -199,7 +241,7 @@ def backward(
             out, arg = cache.outputs[li]
             if acts[li] != K.ACT_NONE:
                 K.activation_backward(grad, out, acts[li])
-            grad_in = np.empty(x_in.shape, dtype)
+            grad_in = _grad_buffer(ws, li, x_in.shape, dtype)
             K.mpf_backward(grad, arg, ph, pw, grad_in)
             grad = grad_in
             continue
@@ -209,7 +251,7 @@ def backward(
         wgt = model.weights[n_param]
         gw = np.empty(wgt.shape, dtype)
         grad_b[n_param] = K.bias_grad(grad, np.empty(grad.shape[1], dtype))
-        grad_in = np.empty(x_in.shape, dtype) if li > 0 else None
+        grad_in = _grad_buffer(ws, li, x_in.shape, dtype) if li > 0 else None
         if wgt.shape[2:] == (1, 1):  # plain matrix products (BLAS)
             g = _flat(grad)
             gw[:, :, 0, 0] = np.matmul(g, _flat(x_in).transpose(0, 2, 1)).sum(axis=0)
@@ -226,3 +268,7 @@ def backward(
             grad_in += deinterleave(grad_features.astype(dtype, copy=False), spec, x_in.shape)
         grad = grad_in
     return grad_w, grad_b
+
+
+def _grad_buffer(ws: Workspace | None, li: int, shape: tuple, dtype) -> np.ndarray:
+    return np.empty(shape, dtype) if ws is None else ws.array(("grad", li), shape, dtype)

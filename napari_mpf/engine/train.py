@@ -17,6 +17,7 @@ from .heads import has_heads
 from .inputs import InputError, check_training_pairs
 from .loss import Batch, batch_loss, crop_box, make_batch
 from .model import Model
+from .network import Workspace
 from .optim import OPTIMIZERS, default_lr, make_optimizer
 from .predict import normalise, predict_proba
 from .superpixels import slic_superpixels
@@ -148,9 +149,10 @@ class Trainer:
         n_pools = sum(layer.kind == "pool" for layer in model.spec.layers)
         base_lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, n_pools)
         # weights become views into one flat vector that the optimiser updates in place
-        theta, views = _flatten(model)
+        theta, _ = _flatten(model)
         opt = make_optimizer(cfg.optimizer, theta.size, cfg.momentum)
         good = theta.copy()
+        workspace = Workspace()  # activation buffers reused by every step of this run
         start = time.perf_counter()
         order: list[int] = []
         provenance = model.provenance
@@ -183,7 +185,7 @@ class Trainer:
             batch = make_batch(model, np.ascontiguousarray(x), lab, box,
                                None if segments is None else np.ascontiguousarray(segments), target)
             lr = base_lr * _schedule(cfg.schedule, step, int(cfg.steps))
-            loss = self._step(opt, theta, views, batch, lr)
+            loss = self._step(opt, theta, batch, lr, workspace)
             if math.isfinite(loss):
                 good[:] = theta
             else:  # diverged: back to the last good weights, smaller steps
@@ -254,7 +256,7 @@ class Trainer:
         present = np.count_nonzero(counts)
         return np.where(counts > 0, n_images / (np.maximum(counts, 1) * present), 0.0)
 
-    def _step(self, opt, theta, views, batch: Batch, lr: float) -> float:
+    def _step(self, opt, theta, batch: Batch, lr: float, workspace: Workspace) -> float:
         model, balance = self.model, self.config.balance
         class_weight = self._class_weight
         model_weights_dtype = theta.dtype
@@ -269,10 +271,10 @@ class Trainer:
 
         def loss_grad_fn(vec: np.ndarray) -> tuple[float, np.ndarray]:
             theta[:] = vec.astype(model_weights_dtype)
-            loss, gw, gb = batch_loss(model, batch, balance, class_weight=class_weight)
+            loss, gw, gb = batch_loss(model, batch, balance, class_weight=class_weight, workspace=workspace)
             return loss, _flat_grad(gw, gb)
 
-        loss, gw, gb = batch_loss(model, batch, balance, class_weight=class_weight)
+        loss, gw, gb = batch_loss(model, batch, balance, class_weight=class_weight, workspace=workspace)
         grad = _flat_grad(gw, gb)
         if not (math.isfinite(loss) and np.isfinite(grad).all()):
             return float("nan")

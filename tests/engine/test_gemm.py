@@ -44,3 +44,27 @@ def test_network_gives_the_same_result_on_both_paths(monkeypatch):
     assert lossa == pytest.approx(lossb, rel=1e-12)
     for a, b in zip(gwa + gba, gwb + gbb, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+
+
+def test_worker_threads_do_not_change_the_result(monkeypatch):
+    """The tiles are shared out among as many threads as Numba has; one thread gives the same sums."""
+    import numba
+
+    monkeypatch.setattr(gemm, "TILE_ELEMENTS", 500)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(4, 6, 17, 15))
+    w = rng.normal(size=(5, 6, 4, 3))
+    g = rng.normal(size=(4, 5, 14, 13))
+    results = []
+    previous = numba.get_num_threads()
+    try:
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            out, gw, gi = np.empty(g.shape), np.empty(w.shape), np.empty(x.shape)
+            gemm.conv_forward(x, w, None, K.ACT_TANH, out)
+            gemm.conv_backward(x, g, w, gw, gi)
+            results.append((out, gw, gi))
+    finally:
+        numba.set_num_threads(previous)
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
