@@ -202,24 +202,31 @@ def im2col(x, r0, r1, kh, kw, ho, wo, py, px, cols):
     """``cols[(i*kh + ky)*kw + kx, (r - r0)*wo + c] = x[f, i, y + ky - py, c + kx - px]`` (0 outside
     ``x``) for the output rows ``r0 <= r < r1`` of all fragments, ``r = f * ho + y``."""
     n_in, h, w = x.shape[1], x.shape[2], x.shape[3]
-    # slices rather than computed indices: Numba cannot prove those non-negative, and the
-    # wrap-around checks stop the copies from vectorising
+    # unsigned offsets: Numba skips the wrap-around check of negative indices, and the copies vectorise
+    u = np.uint64
     for i in range(n_in):
         for ky in range(kh):
             for kx in range(kw):
                 q = (i * kh + ky) * kw + kx
                 lo = min(wo, max(0, px - kx))  # columns [lo, hi) read inside the row
                 hi = max(lo, min(wo, w + px - kx))
-                s = max(0, lo + kx - px)
+                s = u(max(0, lo + kx - px))
+                crow = cols[q]
                 for r in range(r0, r1):
                     yy = r % ho + ky - py
-                    dst = cols[q, (r - r0) * wo:(r - r0 + 1) * wo]
+                    base = u((r - r0) * wo)
                     if yy < 0 or yy >= h:
-                        dst[:] = 0
+                        for c in range(u(wo)):
+                            crow[base + c] = 0
                         continue
-                    dst[:lo] = 0
-                    dst[lo:hi] = x[r // ho, i, yy, s:s + hi - lo]
-                    dst[hi:] = 0
+                    src = x[r // ho, i, yy]
+                    for c in range(u(lo)):
+                        crow[base + c] = 0
+                    d = base + u(lo)
+                    for c in range(u(hi - lo)):
+                        crow[d + c] = src[s + c]
+                    for c in range(u(hi), u(wo)):
+                        crow[base + c] = 0
     return cols
 
 
