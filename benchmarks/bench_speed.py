@@ -211,6 +211,7 @@ def peak():  # VmHWM restarts at exec, unlike ru_maxrss, which a forked child in
 
 from napari_mpf.engine import Model
 from napari_mpf.engine.loss import batch_loss, make_batch
+from napari_mpf.engine.network import Workspace
 net, engine = sys.argv[1], sys.argv[2]
 rng = np.random.default_rng(0)
 image = rng.normal(size=(512, 512)).astype(np.float32)
@@ -219,8 +220,9 @@ model = Model.create(net, 1, 2, seed=0)
 base = peak()
 if engine == "ours":
     batch = make_batch(model, image[None], labels)
+    workspace = Workspace()  # as Trainer.run
     for _ in range(2):
-        batch_loss(model, batch)
+        batch_loss(model, batch, workspace=workspace)
 else:
     sys.path.insert(0, sys.argv[3])
     from bench_speed import Torch

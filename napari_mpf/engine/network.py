@@ -271,4 +271,5 @@ def backward(
 
 
 def _grad_buffer(ws: Workspace | None, li: int, shape: tuple, dtype) -> np.ndarray:
-    return np.empty(shape, dtype) if ws is None else ws.array(("grad", li), shape, dtype)
+    """The input gradient of layer ``li``: two buffers in turn (only two gradients are alive at once)."""
+    return np.empty(shape, dtype) if ws is None else ws.array(("grad", li % 2), shape, dtype)
