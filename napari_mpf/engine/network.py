@@ -8,6 +8,7 @@ plain transpose.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,13 +59,17 @@ class Workspace:
     invalidates the first one's cache (:func:`backward` then refuses it).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_array_bytes: int | None = None) -> None:
         self._flat: dict = {}
         self.owner: Cache | None = None
+        self.max_array_bytes = max_array_bytes
 
     def array(self, key, shape: tuple, dtype) -> np.ndarray:
-        """An uninitialised array of ``shape`` that is reused for ``key`` at every step."""
+        """An uninitialised array of ``shape`` that is reused for ``key`` at every step (arrays
+        larger than ``max_array_bytes`` are allocated afresh and not kept)."""
         n = int(np.prod(shape))
+        if self.max_array_bytes is not None and n * np.dtype(dtype).itemsize > self.max_array_bytes:
+            return np.empty(shape, dtype)
         buf = self._flat.get(key)
         if buf is None or buf.dtype != dtype or buf.size < n:
             buf = self._flat[key] = np.empty(n, dtype)
@@ -73,6 +78,19 @@ class Workspace:
     @property
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self._flat.values())
+
+
+class _PredictionBuffers(threading.local):
+    """Per thread, two layers' outputs kept between predictions (a forward pass without ``keep``
+    needs only the current layer's input and output): repeated predictions skip the page faults."""
+
+    def __init__(self) -> None:
+        self.workspace = Workspace(max_array_bytes=PREDICTION_BUFFER_BYTES)
+
+
+#: Largest array the prediction buffers keep (per thread, at most four arrays of this size).
+PREDICTION_BUFFER_BYTES = 64 << 20
+_PREDICTION_BUFFERS = _PredictionBuffers()
 
 
 @dataclass
@@ -134,8 +152,11 @@ def forward_features(
     dense = None
     last = len(spec.layers) - 1
     ws = workspace if keep else None
+    scratch = None if keep else _PREDICTION_BUFFERS.workspace
 
     def new(key, shape, dt=dtype):
+        if scratch is not None:
+            return scratch.array((key, li % 2), shape, dt)
         return np.empty(shape, dt) if ws is None else ws.array((key, li), shape, dt)
 
     for li, layer in enumerate(spec.layers):
@@ -145,6 +166,8 @@ def forward_features(
             if tuple(layer.size) != (1, 1) or layer.kind == "pool":
                 raise ValueError("heads need a network whose last layer is 1x1 (fully connected)")
             dense = interleave(x, spec)
+            if np.may_share_memory(dense, x):
+                dense = dense.copy()
         f, c, h, w = x.shape
         if layer.kind == "pool":
             ph, pw = layer.size
@@ -169,6 +192,8 @@ def forward_features(
                 outputs.append(out)
         x = out
     logits = interleave(x, spec)
+    if np.may_share_memory(logits, x):  # no pooling: a view, which the buffers' next use would overwrite
+        logits = logits.copy()
     cache = Cache(inputs, outputs, x.shape, ws) if keep else None
     if ws is not None:
         ws.owner = cache

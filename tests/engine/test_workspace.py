@@ -44,3 +44,19 @@ def test_backward_refuses_a_cache_whose_buffers_were_reused():
     forward(model, batch.padded, keep=True, workspace=ws)
     with pytest.raises(RuntimeError, match="reused"):
         backward(model, first, np.zeros_like(logits))
+
+
+@pytest.mark.parametrize("spec", ["C3x3x4, FC5", "C3x3x4, MPF2x2, C2x2x4, FC5"])
+def test_forward_passes_do_not_alias_the_reused_buffers(spec):
+    """Each forward pass returns its own arrays, even without pooling (where the map is a view)."""
+    from napari_mpf.engine.network import forward_features, pad_image
+
+    model = Model.create(spec, 1, 2, seed=0)
+    rng = np.random.default_rng(0)
+    shape = (20, 20)
+    a, b = (pad_image(rng.normal(size=(1, *shape)).astype(np.float32), model.window, shape) for _ in range(2))
+    first, feats, _ = forward_features(model, a)
+    kept = first.copy(), feats.copy()
+    forward_features(model, b)
+    np.testing.assert_array_equal(first, kept[0])
+    np.testing.assert_array_equal(feats, kept[1])
