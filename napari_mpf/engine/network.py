@@ -154,6 +154,12 @@ def forward_features(
     ws = workspace if keep else None
     scratch = None if keep else _PREDICTION_BUFFERS.workspace
 
+    n_layer_params = model.n_layer_params
+    fuse_head = (
+        not keep and not features and last >= 1 and spec.layers[last - 1].kind != "pool"
+        and all(wt.shape[2:] == (1, 1) for wt in model.weights[n_layer_params - 2:n_layer_params])
+    )
+
     def new(key, shape, dt=dtype):
         if scratch is not None:
             return scratch.array((key, li % 2), shape, dt)
@@ -177,6 +183,12 @@ def forward_features(
             K.mpf_forward(x, ph, pw, acts[li], out, arg)
             if keep:
                 outputs.append((out, arg))
+        elif fuse_head and li == last - 1:  # the last two 1x1 layers at once; nothing kept
+            (w1, w2), (b1, b2) = model.weights[n_param:n_param + 2], model.biases[n_param:n_param + 2]
+            out = new("out", (f, w2.shape[0], h, w))
+            K.fc_pair_forward(_flat(x), w1[:, :, 0, 0], b1, acts[li], w2[:, :, 0, 0], b2, _flat(out))
+            x = out
+            break
         else:
             wgt, bias = model.weights[n_param], model.biases[n_param]
             n_param += 1

@@ -68,3 +68,15 @@ def test_worker_threads_do_not_change_the_result(monkeypatch):
         numba.set_num_threads(previous)
     for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_head_for_inference_equals_the_layer_by_layer_pass():
+    """Without ``keep`` the last two 1x1 layers run as one kernel; the training pass runs them apart."""
+    from napari_mpf.engine.network import forward, pad_image
+
+    model = Model.create("C3x3x6, MPF2x2, C2x2x8, FC12", 2, 3, seed=0, dtype=np.float64)
+    padded = pad_image(np.random.default_rng(3).normal(size=(2, 24, 20)), model.window, (24, 20))
+    fused, _ = forward(model, padded)
+    apart, cache = forward(model, padded, keep=True)
+    assert cache is not None
+    np.testing.assert_allclose(fused, apart, rtol=1e-12, atol=1e-12)
