@@ -368,3 +368,80 @@ def fc_pair_forward(x, w1, b1, act, w2, b2, out):
                 for c in range(hi - lo):
                     dst[c] += wk * hidden[c]
     return out
+
+
+@njit(parallel=True, **_OPTS)
+def fc_pair_backward(x, w1, b1, act, w2, g, gw1, gb1, gw2, gb2, gx):
+    """Gradients of :func:`fc_pair_forward` given ``g`` = d loss / d out ``(F, K, N)``.
+
+    The hidden layer is recomputed block by block instead of being stored. Writes ``gw1 (H, Cin)``,
+    ``gb1``, ``gw2 (K, H)``, ``gb2`` and, if ``gx`` is not empty, ``gx (F, Cin, N)``.
+    """
+    n_frag, n_in, n = x.shape
+    n_hidden, n_cls = w1.shape[0], w2.shape[0]
+    need_gx = gx.size > 0
+    n_blocks = (n + _FC_BLOCK - 1) // _FC_BLOCK
+    n_tasks = n_frag * n_blocks
+    n_chunks = min(n_tasks, 64)  # fixed partial sums: results do not depend on the thread count
+    pw1 = np.zeros((n_chunks, n_hidden, n_in))
+    pb1 = np.zeros((n_chunks, n_hidden))
+    pw2 = np.zeros((n_chunks, n_cls, n_hidden))
+    pb2 = np.zeros((n_chunks, n_cls))
+    for ch in prange(n_chunks):
+        hidden = np.empty(_FC_BLOCK, x.dtype)
+        gh = np.empty(_FC_BLOCK, x.dtype)
+        for t in range(ch * n_tasks // n_chunks, (ch + 1) * n_tasks // n_chunks):
+            f = t // n_blocks
+            lo = (t % n_blocks) * _FC_BLOCK
+            m = min(n, lo + _FC_BLOCK) - lo
+            for k in range(n_cls):
+                gk = g[f, k, lo:lo + m]
+                s = gk[0] * 0
+                for c in range(m):
+                    s += gk[c]
+                pb2[ch, k] += s
+            if need_gx:
+                gx[f, :, lo:lo + m] = 0
+            for o in range(n_hidden):
+                hidden[:m] = b1[o]
+                for i in range(n_in):
+                    wv = w1[o, i]
+                    src = x[f, i, lo:lo + m]
+                    for c in range(m):
+                        hidden[c] += wv * src[c]
+                activate_row(hidden, m, act)
+                gh[:m] = 0
+                for k in range(n_cls):
+                    gk = g[f, k, lo:lo + m]
+                    wk = w2[k, o]
+                    s = gk[0] * 0
+                    for c in range(m):
+                        s += gk[c] * hidden[c]
+                        gh[c] += wk * gk[c]
+                    pw2[ch, k, o] += s
+                if act == ACT_TANH or act == ACT_TANH_FAST:
+                    for c in range(m):
+                        gh[c] *= 1 - hidden[c] * hidden[c]
+                elif act == ACT_RELU:
+                    for c in range(m):
+                        if hidden[c] <= 0:
+                            gh[c] = 0
+                s = gh[0] * 0
+                for c in range(m):
+                    s += gh[c]
+                pb1[ch, o] += s
+                for i in range(n_in):
+                    src = x[f, i, lo:lo + m]
+                    s = gh[0] * 0
+                    for c in range(m):
+                        s += gh[c] * src[c]
+                    pw1[ch, o, i] += s
+                    if need_gx:
+                        wv = w1[o, i]
+                        dst = gx[f, i, lo:lo + m]
+                        for c in range(m):
+                            dst[c] += wv * gh[c]
+    gw1[:] = pw1.sum(axis=0)
+    gb1[:] = pb1.sum(axis=0)
+    gw2[:] = pw2.sum(axis=0)
+    gb2[:] = pb2.sum(axis=0)

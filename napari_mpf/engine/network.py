@@ -101,6 +101,7 @@ class Cache:
     outputs: list  # output of every conv/fc layer, or (output, arg-max) of a pooling
     frag_shape: tuple  # (F, K, h, w) of the last layer
     workspace: Workspace | None = None
+    fused_head: bool = False  # the last two layers ran as one kernel (their hidden map is not kept)
 
 
 def _activations(model: Model) -> list[int]:
@@ -155,8 +156,8 @@ def forward_features(
     scratch = None if keep else _PREDICTION_BUFFERS.workspace
 
     n_layer_params = model.n_layer_params
-    fuse_head = (
-        not keep and not features and last >= 1 and spec.layers[last - 1].kind != "pool"
+    fuse_head = (  # unless the heads need the hidden map itself
+        not features and last >= 1 and spec.layers[last - 1].kind != "pool"
         and all(wt.shape[2:] == (1, 1) for wt in model.weights[n_layer_params - 2:n_layer_params])
     )
 
@@ -183,10 +184,12 @@ def forward_features(
             K.mpf_forward(x, ph, pw, acts[li], out, arg)
             if keep:
                 outputs.append((out, arg))
-        elif fuse_head and li == last - 1:  # the last two 1x1 layers at once; nothing kept
+        elif fuse_head and li == last - 1:  # the last two 1x1 layers at once (backward recomputes)
             (w1, w2), (b1, b2) = model.weights[n_param:n_param + 2], model.biases[n_param:n_param + 2]
             out = new("out", (f, w2.shape[0], h, w))
             K.fc_pair_forward(_flat(x), w1[:, :, 0, 0], b1, acts[li], w2[:, :, 0, 0], b2, _flat(out))
+            if keep:
+                outputs.append(None)
             x = out
             break
         else:
@@ -206,7 +209,7 @@ def forward_features(
     logits = interleave(x, spec)
     if np.may_share_memory(logits, x):  # no pooling: a view, which the buffers' next use would overwrite
         logits = logits.copy()
-    cache = Cache(inputs, outputs, x.shape, ws) if keep else None
+    cache = Cache(inputs, outputs, x.shape, ws, fuse_head) if keep else None
     if ws is not None:
         ws.owner = cache
     return logits, dense, cache
@@ -270,7 +273,11 @@ def backward(
     grad_w: list = [None] * n_param
     grad_b: list = [None] * n_param
     acts = _activations(model)
-    for li in range(len(spec.layers) - 1, -1, -1):
+    start = last
+    if cache.fused_head:
+        grad, start = _fused_head_backward(model, cache, grad, acts[last - 1], grad_w, grad_b), last - 2
+        n_param -= 2
+    for li in range(start, -1, -1):
         layer = spec.layers[li]
         x_in = cache.inputs[li]
         if layer.kind == "pool":
@@ -305,6 +312,24 @@ def backward(
             grad_in += deinterleave(grad_features.astype(dtype, copy=False), spec, x_in.shape)
         grad = grad_in
     return grad_w, grad_b
+
+
+def _fused_head_backward(model: Model, cache: Cache, grad: np.ndarray, act: int, grad_w: list,
+                         grad_b: list) -> np.ndarray | None:
+    """Gradients of the last two (1x1) layers in one kernel; returns the gradient of their input."""
+    li = len(model.spec.layers) - 2
+    n = model.n_layer_params
+    (w1, w2), b1 = model.weights[n - 2:n], model.biases[n - 2]
+    dtype = model.dtype
+    x_in = cache.inputs[li]
+    gw1, gw2 = np.empty(w1.shape, dtype), np.empty(w2.shape, dtype)
+    gb1, gb2 = np.empty(w1.shape[0], dtype), np.empty(w2.shape[0], dtype)
+    grad_in = _grad_buffer(cache.workspace, li, x_in.shape, dtype) if li > 0 else None
+    gx = _flat(grad_in) if grad_in is not None else np.empty((0, 0, 0), dtype)
+    K.fc_pair_backward(_flat(x_in), w1[:, :, 0, 0], b1, act, w2[:, :, 0, 0], _flat(grad),
+                       gw1[:, :, 0, 0], gb1, gw2[:, :, 0, 0], gb2, gx)
+    grad_w[n - 2:n], grad_b[n - 2:n] = [gw1, gw2], [gb1, gb2]
+    return grad_in
 
 
 def _grad_buffer(ws: Workspace | None, li: int, shape: tuple, dtype) -> np.ndarray:

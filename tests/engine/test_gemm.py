@@ -70,13 +70,19 @@ def test_worker_threads_do_not_change_the_result(monkeypatch):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
 
 
-def test_fused_head_for_inference_equals_the_layer_by_layer_pass():
-    """Without ``keep`` the last two 1x1 layers run as one kernel; the training pass runs them apart."""
-    from napari_mpf.engine.network import forward, pad_image
+def test_fused_head_equals_the_layer_by_layer_pass():
+    """Without heads the last two 1x1 layers run as one kernel (forward, and backward by recomputing
+    the hidden map); with features requested they run apart. Same logits and gradients."""
+    from napari_mpf.engine.network import backward, forward, forward_features, pad_image
 
     model = Model.create("C3x3x6, MPF2x2, C2x2x8, FC12", 2, 3, seed=0, dtype=np.float64)
-    padded = pad_image(np.random.default_rng(3).normal(size=(2, 24, 20)), model.window, (24, 20))
-    fused, _ = forward(model, padded)
-    apart, cache = forward(model, padded, keep=True)
-    assert cache is not None
+    rng = np.random.default_rng(3)
+    padded = pad_image(rng.normal(size=(2, 24, 20)), model.window, (24, 20))
+    fused, fused_cache = forward(model, padded, keep=True)
+    apart, feats, apart_cache = forward_features(model, padded, keep=True)
+    assert fused_cache.fused_head and not apart_cache.fused_head
     np.testing.assert_allclose(fused, apart, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(forward(model, padded)[0], apart, rtol=1e-12, atol=1e-12)
+    g = rng.normal(size=fused.shape)
+    for a, b in zip(*(sum(backward(model, c, g), []) for c in (fused_cache, apart_cache)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
