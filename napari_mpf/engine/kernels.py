@@ -311,6 +311,20 @@ def softmax_cross_entropy(logits, labels, class_weight, grad, row_loss):
 _BLOCK = 1024
 
 
+@njit(inline="always", **_OPTS)
+def dense_row(x, f, lo, hi, w, o, bias, act, dst):
+    """``dst[:hi - lo] = act(bias + sum_i w[o, i] * x[f, i, lo:hi])``: one output map of a 1x1 layer
+    over a block of pixels."""
+    n = hi - lo
+    dst[:n] = bias
+    for i in range(x.shape[1]):
+        wv = w[o, i]
+        src = x[f, i, lo:hi]
+        for c in range(n):
+            dst[c] += wv * src[c]
+    activate_row(dst, n, act)
+
+
 @njit(parallel=True, **_OPTS)
 def conv1x1_forward(x, w, b, act, out):
     """``out[f, o, n] = act(b[o] + sum_i w[o, i] * x[f, i, n])``."""
@@ -323,14 +337,7 @@ def conv1x1_forward(x, w, b, act, out):
         f = t // (n_blocks * n_out)
         lo = blk * _BLOCK
         hi = min(n, lo + _BLOCK)
-        dst = out[f, o, lo:hi]
-        dst[:] = b[o]
-        for i in range(n_in):
-            wv = w[o, i]
-            src = x[f, i, lo:hi]
-            for c in range(hi - lo):
-                dst[c] += wv * src[c]
-        activate_row(dst, hi - lo, act)
+        dense_row(x, f, lo, hi, w, o, b[o], act, out[f, o, lo:hi])
     return out
 
 
@@ -342,7 +349,7 @@ def fc_pair_forward(x, w1, b1, act, w2, b2, out):
     """``out[f, k, n] = b2[k] + sum_o w2[k, o] * act(b1[o] + sum_i w1[o, i] * x[f, i, n])``.
 
     Two 1x1 layers in one pass over blocks of pixels, so that the hidden layer (often the widest
-    map of the network) lives only in cache: for inference, where it need not be kept.
+    map of the network) lives only in cache; training recomputes it in :func:`fc_pair_backward`.
     """
     n_frag, n_in, n = x.shape
     n_hidden, n_cls = w1.shape[0], w2.shape[0]
@@ -355,13 +362,7 @@ def fc_pair_forward(x, w1, b1, act, w2, b2, out):
         for k in range(n_cls):
             out[f, k, lo:hi] = b2[k]
         for o in range(n_hidden):
-            hidden[:] = b1[o]
-            for i in range(n_in):
-                wv = w1[o, i]
-                src = x[f, i, lo:hi]
-                for c in range(hi - lo):
-                    hidden[c] += wv * src[c]
-            activate_row(hidden, hi - lo, act)
+            dense_row(x, f, lo, hi, w1, o, b1[o], act, hidden)
             for k in range(n_cls):
                 wk = w2[k, o]
                 dst = out[f, k, lo:hi]
@@ -403,13 +404,7 @@ def fc_pair_backward(x, w1, b1, act, w2, g, gw1, gb1, gw2, gb2, gx):
             if need_gx:
                 gx[f, :, lo:lo + m] = 0
             for o in range(n_hidden):
-                hidden[:m] = b1[o]
-                for i in range(n_in):
-                    wv = w1[o, i]
-                    src = x[f, i, lo:lo + m]
-                    for c in range(m):
-                        hidden[c] += wv * src[c]
-                activate_row(hidden, m, act)
+                dense_row(x, f, lo, lo + m, w1, o, b1[o], act, hidden)
                 gh[:m] = 0
                 for k in range(n_cls):
                     gk = g[f, k, lo:lo + m]
