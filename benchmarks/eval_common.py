@@ -268,7 +268,7 @@ class Variant:
             bits = [str(p.get("spec") or p.get("preset")), p.get("activation"), p.get("optimizer"),
                     f"crop {p.get('crop')}"]
             bits += [f"{k}={p[k]}" for k in ("lr", "schedule", "augment", "balance", "downsample", "norm", "by_class",
-                                             "sp_branch", "sp_pool", "sp_compactness", "image_head", "refine")
+                                             "sp_branch", "sp_pool", "sp_compactness", "image_head", "refine", "tta")
                      if k in p and p[k] != MPF_DEFAULTS.get(k)]
             return "mpf " + ", ".join(str(b) for b in bits)
         defaults = RF_DEFAULTS if self.kind == "rf" else {}
@@ -344,7 +344,10 @@ def register_method(kind: str):
 MPF_DEFAULTS = dict(preset="fast", spec=None, activation="tanh", optimizer="adam", lr=None,
                     schedule="cosine", augment=True, balance=True, crop=256, steps=None,
                     budget=180.0, seed=0, by_class=False, sp_branch=None, sp_pool="max",
-                    sp_compactness=0.3, image_head=None, refine=None)
+                    sp_compactness=0.3, image_head=None, refine=None, tta=False)
+#: Settings that change only the prediction: rows differing in nothing else share one training.
+PREDICT_ONLY = ("refine", "tta")
+_TRAINED: dict = {}
 RF_DEFAULTS = dict(n_estimators=50, max_depth=10, max_pixels=200_000, class_weight=None, seed=0,
                    sigma_min=1.0, sigma_max=16.0)
 
@@ -366,7 +369,8 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     Seed methods as settings: ``sp_branch=SIZE`` (superpixel branch, V3; ``sp_pool``,
     ``sp_compactness``), ``image_head=WEIGHT`` (image-level head, trained on ``image_labels`` when
     given, else on labels read from the strokes), ``refine=SIZE`` (superpixel post-processing, V1),
-    ``by_class=true`` (crop centres drawn class first).
+    ``by_class=true`` (crop centres drawn class first). ``tta=true``: test-time augmentation (mean
+    over the 8 rotations and flips). Rows that differ only in ``refine``/``tta`` train once.
 
     Without ``steps`` the run is fitted to the budget: the trainer starts with a huge step count,
     and after every step the planned total ``trainer.config.steps`` (which the engine's cosine
@@ -374,10 +378,40 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     the learning rate reaches the end of its schedule when the budget runs out, even when the
     machine's load changes during the run.
     """
+    from napari_mpf.engine.predict import predict as engine_predict
+    from napari_mpf.engine.predict import predict_proba, refine_with_superpixels
+
+    key = (repr(sorted((k, v) for k, v in p.items() if k not in PREDICT_ONLY)), id(images), id(labels), id(image_labels))
+    if key in _TRAINED:
+        log("    same training as an earlier row (only prediction settings differ): reused")
+        model, seconds, info = _TRAINED[key][:3]
+    else:
+        model, seconds, info = _train_mpf(images, labels, p, log, image_labels)
+        _TRAINED[key] = (model, seconds, info, images, labels, image_labels)  # the inputs stay alive: ids unique
+    compactness = float(p.get("sp_compactness") or 0.3)
+    refine, tta = p.get("refine"), bool(p.get("tta"))
+    last: dict = {}
+
+    def run(image):
+        if last.get("image") is not image:
+            last["image"], last["pred"] = image, engine_predict(model, image)
+        return last["pred"]
+
+    def predict(image):
+        probs = predict_proba(model, image, augment=True) if tta else run(image).probabilities
+        if refine:
+            probs = refine_with_superpixels(model, image, probs, float(refine), compactness)
+        return probs[1]
+
+    def predict_image(image):
+        return float(run(image).image_probabilities[0])
+
+    return Fitted(predict, seconds, dict(info), predict_image if model.image_head is not None else None)
+
+
+def _train_mpf(images, labels, p: dict, log, image_labels):
     from napari_mpf.engine import Model, TrainConfig, Trainer
     from napari_mpf.engine.heads import add_image_head, add_superpixel_branch
-    from napari_mpf.engine.predict import predict as engine_predict
-    from napari_mpf.engine.predict import refine_with_superpixels
 
     t0 = time.perf_counter()
     spec = p.get("spec") or p.get("preset") or "fast"
@@ -417,26 +451,9 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
         if budget is not None and now - t0 > budget:
             break
     seconds = time.perf_counter() - t0
-    refine = p.get("refine")
-    last: dict = {}
-
-    def run(image):
-        if last.get("image") is not image:
-            last["image"], last["pred"] = image, engine_predict(model, image)
-        return last["pred"]
-
-    def predict(image):
-        probs = run(image).probabilities
-        if refine:
-            probs = refine_with_superpixels(model, image, probs, float(refine), compactness)
-        return probs[1]
-
-    def predict_image(image):
-        return float(run(image).image_probabilities[0])
-
     info = dict(steps_planned=int(trainer.config.steps), steps_done=done, final_loss=float(np.nanmean(losses[-50:])),
                 model=model.describe())
-    return Fitted(predict, seconds, info, predict_image if model.image_head is not None else None)
+    return model, seconds, info
 
 
 def rf_features(image: np.ndarray, p: dict) -> np.ndarray:

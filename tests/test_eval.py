@@ -200,3 +200,19 @@ def test_keep_pixel_labels_per_category():
     category = np.array([0] * 8 + [1] * 4 + [2])
     keep = eval_tiles.keep_pixel_labels(category, 0.25, 0)
     assert keep[:8].sum() == 2 and keep[8:12].sum() == 1 and keep[12]
+
+
+def test_rows_differing_only_in_prediction_settings_share_one_training():
+    rng = np.random.default_rng(0)
+    images = [rng.normal(size=(24, 24)).astype(np.float32)]
+    labels = [rng.integers(0, 3, size=(24, 24)).astype(np.uint8)]
+    plain, tta = ec.parse_variants(["a:steps=3,budget=0,crop=none", "b:steps=3,budget=0,crop=none,tta=true"], ec.MPF_DEFAULTS)
+    logs = []
+    first = ec.run_method(plain, images, labels, log=logs.append)
+    second = ec.run_method(tta, images, labels, log=logs.append)
+    assert any("reused" in line for line in logs)
+    assert second.train_seconds == first.train_seconds
+    p_plain, p_tta = first.predict(images[0]), second.predict(images[0])
+    assert p_tta.shape == p_plain.shape == (24, 24)
+    assert not np.allclose(p_tta, p_plain)  # the mean over rotations and flips is another map
+    assert "tta=True" in tta.describe()

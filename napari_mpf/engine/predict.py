@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dihedral import dihedral, undo_dihedral
 from .heads import PooledFeatures, has_heads
 from .inputs import InputError, as_image
 from .model import Model
@@ -148,9 +149,20 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)
 
 
-def predict_proba(model: Model, image, tile: int = DEFAULT_TILE) -> np.ndarray:
-    """Class probabilities ``(K, H, W)`` (float32) for every pixel."""
-    return softmax(predict_logits(model, image, tile).astype(np.float32))
+def predict_proba(model: Model, image, tile: int = DEFAULT_TILE, augment: bool = False) -> np.ndarray:
+    """Class probabilities ``(K, H, W)`` (float32) for every pixel.
+
+    With ``augment`` (test-time augmentation) they are the mean over the 8 rotations and flips of
+    the image, each mapped back: 8 times the work.
+    """
+    if not augment:
+        return softmax(predict_logits(model, image, tile).astype(np.float32))
+    x = as_image(image, model.in_channels)
+    total = None
+    for k in range(8):
+        p = undo_dihedral(softmax(predict_logits(model, dihedral(x, k), tile).astype(np.float32)), k)
+        total = p.copy() if total is None else total + p
+    return total / np.float32(8)
 
 
 def segment(probabilities: np.ndarray) -> np.ndarray:

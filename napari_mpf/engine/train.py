@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dihedral import dihedral
 from .heads import has_heads
 from .inputs import InputError, check_training_pairs
 from .loss import Batch, batch_loss, crop_box, make_batch
@@ -82,16 +83,6 @@ class Progress:
     lr: float
     image_index: int
     probabilities: np.ndarray | None = None
-
-
-def _dihedral(x: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """One of the 8 rotations/flips of an image ``(C, H, W)`` and its labels ``(H, W)``."""
-    if k >= 4:
-        x, lab = x[:, :, ::-1], lab[:, ::-1]
-    r = k % 4
-    if r:
-        x, lab = np.rot90(x, r, axes=(1, 2)), np.rot90(lab, r)
-    return x, lab
 
 
 class Trainer:
@@ -173,9 +164,9 @@ class Trainer:
             segments = self._superpixels(index, x)
             if cfg.augment:
                 k = int(rng.integers(8))
-                x, lab = _dihedral(x, lab, k)
+                x, lab = dihedral(x, k), dihedral(lab, k)
                 if segments is not None:
-                    segments = _dihedral(segments[None], segments, k)[1]
+                    segments = dihedral(segments, k)
             lab = np.ascontiguousarray(lab)
             if has_heads(model):  # heads pool over the image: crops of the image, not of the strokes
                 box = crop_box(model, lab, cfg.crop, rng, cfg.crop_by_class, whole=True)
