@@ -8,7 +8,9 @@ code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -976,6 +978,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: aborted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `napari-mpf info model.npz | head`: the reader left; not an error
+        # Python would report the pipe again when flushing stdout at exit
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except errors as exc:
         print(f"{PROG}: error: {_message(exc)}", file=sys.stderr)
         return 2

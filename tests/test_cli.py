@@ -422,3 +422,14 @@ def test_isbi_sparse_labels(tmp_path, capsys):
     assert tifffile.imread(tmp_path / "s.tif").shape == (1, 512, 512)
     assert "isbi2012_train.npz:images[5]: cell" in out
     assert time.perf_counter() - t0 < 60
+
+
+def test_a_closed_output_pipe_is_not_an_error(model_file, monkeypatch):
+    """``napari-mpf info model.npz | head``: the reader leaving early ends the command quietly."""
+
+    def closed_pipe(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("builtins.print", closed_pipe)
+    monkeypatch.setattr(cli.os, "dup2", lambda *fds: None)  # leave the test's own stdout alone
+    assert cli.main(["info", str(model_file)]) == 0
