@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "segmenting, counting and saving (in-memory outputs only, not .zarr)")
     p.add_argument("--superpixel-compactness", type=_positive_float, default=None, metavar="C",
                    help=f"SLIC compactness of --refine-superpixels (default {_SP_COMPACTNESS:g})")
+    p.add_argument("--augment", action="store_true",
+                   help="test-time augmentation: average the probabilities over the 8 rotations and flips of each "
+                   "image (8x the time; in-memory outputs only, not .zarr)")
     big = p.add_argument_group("big volumes (--out STORE.zarr)")
     big.add_argument("--chunks", metavar="N|ROWS,COLS", help="output chunk (tile) size; each reads the window's halo around it (default 1024)")
     big.add_argument("--scheduler", metavar="WHERE", help="'local' (a local dask.distributed cluster; the default when distributed is installed), 'threads' (the default otherwise) or 'sync' (no cluster), or a scheduler address such as tcp://host:8786")
@@ -544,13 +547,16 @@ def _train_pairs(args: argparse.Namespace, out: Path) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine import files, load_model, segment
     from .engine.chunked import encode_probabilities
-    from .engine.predict import predict, refine_with_superpixels
+    from .engine.predict import predict, predict_proba, refine_with_superpixels
 
     if args.superpixel_compactness is not None and args.refine_superpixels is None:
         raise CLIError("--superpixel-compactness applies only with --refine-superpixels SIZE")
     if Path(args.out).suffix.lower() == ".zarr":
         if args.refine_superpixels is not None:
             raise CLIError("--refine-superpixels needs whole images and does not apply to a .zarr output "
+                           "(computed chunk by chunk); write .npy, .tif or .npz instead")
+        if args.augment:
+            raise CLIError("--augment needs whole images and does not apply to a .zarr output "
                            "(computed chunk by chunk); write .npy, .tif or .npz instead")
         return _predict_zarr(args)
     for opt in ("chunks", "scheduler", "workers", "memory_limit"):
@@ -579,7 +585,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for img, name in zip(tqdm(imgs.arrays, desc="predicting", unit="image", disable=args.quiet or len(imgs) < 2, file=sys.stderr), imgs.names, strict=True):
         x = np.asarray(img, dtype=np.float32)
         pred = predict(model, x)
-        p = pred.probabilities
+        p = predict_proba(model, x, augment=True) if args.augment else pred.probabilities
         if args.refine_superpixels is not None:
             p = refine_with_superpixels(model, x, p, args.refine_superpixels, compactness)
         s = segment(p)

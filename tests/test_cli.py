@@ -433,3 +433,17 @@ def test_a_closed_output_pipe_is_not_an_error(model_file, monkeypatch):
     monkeypatch.setattr("builtins.print", closed_pipe)
     monkeypatch.setattr(cli.os, "dup2", lambda *fds: None)  # leave the test's own stdout alone
     assert cli.main(["info", str(model_file)]) == 0
+
+
+def test_predict_with_test_time_augmentation(data, model_file, capsys):
+    from napari_mpf.engine import predict_proba
+
+    code, _, err = run(capsys, "predict", "--model", model_file, "--image", data / "img.tif", "--out", data / "tta.npy",
+                       "--segmentation", data / "tta_seg.npy", "--augment")
+    assert code == 0, err
+    got = np.load(data / "tta.npy")
+    want = predict_proba(load_model(model_file), tifffile.imread(data / "img.tif"), augment=True)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.load(data / "tta_seg.npy"), got.argmax(0) + 1)
+    assert "--augment needs whole images" in user_error(
+        capsys, "predict", "--model", model_file, "--image", data / "img.tif", "--out", data / "x.zarr", "--augment")
