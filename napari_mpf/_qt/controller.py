@@ -25,7 +25,7 @@ from .._layer_style import (
 from ..engine import InputError, Model, SpecError, parse_spec, segment
 from ..engine.chunked import CountSettings, ZarrPrediction
 from ..engine.objects import ObjectCounts, count_objects
-from ..engine.predict import predict, refine_with_superpixels
+from ..engine.predict import predict, predict_proba, refine_with_superpixels
 
 __all__ = ["UserError", "TrainSettings", "ImageInfo", "TrainingSet", "Controller", "OUTPUT_KEY", "heads_text"]
 
@@ -403,15 +403,17 @@ class Controller:
 
     # ----------------------------------------------------------------- prediction
     def predict_iter(
-        self, model: Model, image_layer, slices: list[int | None], refine: float | None = None
+        self, model: Model, image_layer, slices: list[int | None], refine: float | None = None,
+        augment: bool = False,
     ) -> Iterator[tuple[int | None, np.ndarray, np.ndarray | None]]:
         """Yield ``(z, probabilities (K, H, W), image-level probabilities (K - 1,) or None)`` per
-        slice; run it in a worker. ``refine``: average the probabilities over SLIC superpixels of
-        about that many pixels (the image-level head's output is not changed)."""
+        slice; run it in a worker. ``augment``: mean over the 8 rotations and flips (test-time
+        augmentation); ``refine``: then average the probabilities over SLIC superpixels of about
+        that many pixels (the image-level head's output is not changed by either)."""
         for z in slices:
             img = self.slice_array(image_layer, z)
             pred = predict(model, img)
-            proba = pred.probabilities
+            proba = predict_proba(model, img, augment=True) if augment else pred.probabilities
             if refine:
                 proba = refine_with_superpixels(model, img, proba, float(refine), SUPERPIXEL_COMPACTNESS)
             yield z, proba, pred.image_probabilities

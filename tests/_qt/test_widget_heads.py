@@ -191,3 +191,18 @@ def test_stack_keeps_one_image_probability_per_slice(make_napari_viewer):
     c.count(stack, 1, 0.5)
     meta = viewer.layers["stack objects"].metadata
     assert meta["image_probability_per_slice"] == per_slice and "image_probability" not in meta
+
+
+def test_test_time_augmentation_in_predict(viewer_widget, qtbot):
+    viewer, w = viewer_widget
+    image, strokes, _ = blobs((40, 40), n=4, radius=4)
+    add_pair(viewer, image, strokes)
+    train_and_wait(qtbot, w)
+    model = w.controller.model
+    w.augment_check.setChecked(True)
+    with qtbot.waitSignal(w.prediction_finished, timeout=20_000):
+        w.predict_btn.click()
+    augmented = predict_proba(model, image, augment=True)
+    shown = viewer.layers["img p(blob)"].data
+    np.testing.assert_allclose(shown, augmented[1], atol=1e-6)
+    assert not np.allclose(shown, predict_proba(model, image)[1])
