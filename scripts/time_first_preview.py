@@ -2,7 +2,7 @@
 
     xvfb-run -a .venv/bin/python scripts/time_first_preview.py [--size 512]
 
-Opens the EM-like sample (scaled to ``--size``), docks the trainer with its defaults (the ``fast``
+Opens the EM-like sample (scaled to ``--size``), docks the trainer with its defaults (the ``wide``
 preset, preview every 10 steps) and prints, for two runs in a row, the seconds from the Train
 click to the first preview layer and the seconds per training step.
 """

@@ -54,7 +54,7 @@ def heads_text(model: Model) -> str:
 class TrainSettings:
     """What the widget's controls say (see :class:`napari_mpf.engine.TrainConfig`)."""
 
-    spec: str = "fast"
+    spec: str = "wide"
     activation: str = "tanh"
     optimizer: str = "adam"
     steps: int = 200
