@@ -77,16 +77,20 @@ def activation_backward(grad, out, act):
         f = t // n_maps
         o = t % n_maps
         for y in range(h):
-            g = grad[f, o, y]
-            a = out[f, o, y]
-            if act == ACT_TANH or act == ACT_TANH_FAST:
-                for c in range(w):
-                    g[c] *= 1 - a[c] * a[c]
-            elif act == ACT_RELU:
-                for c in range(w):
-                    if a[c] <= 0:
-                        g[c] = 0
+            activation_backward_row(grad[f, o, y], out[f, o, y], w, act)
     return grad
+
+
+@njit(inline="always", **_OPTS)
+def activation_backward_row(g, a, n, act):
+    """In place on ``g[:n]``: times the activation's derivative, given its output ``a``."""
+    if act == ACT_TANH or act == ACT_TANH_FAST:
+        for c in range(n):
+            g[c] *= 1 - a[c] * a[c]
+    elif act == ACT_RELU:
+        for c in range(n):
+            if a[c] <= 0:
+                g[c] = 0
 
 
 @njit(parallel=True, **_OPTS)
@@ -414,13 +418,7 @@ def fc_pair_backward(x, w1, b1, act, w2, g, gw1, gb1, gw2, gb2, gx):
                         s += gk[c] * hidden[c]
                         gh[c] += wk * gk[c]
                     pw2[ch, k, o] += s
-                if act == ACT_TANH or act == ACT_TANH_FAST:
-                    for c in range(m):
-                        gh[c] *= 1 - hidden[c] * hidden[c]
-                elif act == ACT_RELU:
-                    for c in range(m):
-                        if hidden[c] <= 0:
-                            gh[c] = 0
+                activation_backward_row(gh, hidden, m, act)
                 s = gh[0] * 0
                 for c in range(m):
                     s += gh[c]
