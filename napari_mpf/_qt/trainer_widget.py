@@ -295,12 +295,12 @@ class TrainerWidget(QWidget):
         refine.addWidget(self.refine_check)
         refine.addWidget(self.refine_size_spin, 1)
         form.addRow("Refine", refine)
-        self.augment_check = QCheckBox("test-time augmentation (8× slower)")
-        self.augment_check.setToolTip(
+        self.tta_check = QCheckBox("test-time augmentation (8× slower)")
+        self.tta_check.setToolTip(
             "Predict: average the probabilities over the 8 rotations and flips of each slice "
             "(not the training preview, not lazy or zarr predictions)."
         )
-        form.addRow("Augment", self.augment_check)
+        form.addRow("Predict", self.tta_check)
         buttons = QHBoxLayout()
         self.count_btn = QPushButton("Count")
         self.predict_btn = QPushButton("Predict image / stack")
@@ -684,7 +684,7 @@ class TrainerWidget(QWidget):
         slices = list(slices) if slices is not None else self.controller.all_slices(image_layer)
         frozen = model.copy()
         worker = create_worker(self.controller.predict_iter, frozen, image_layer, slices, self.refine_size(),
-                               self.augment_check.isChecked(), _start_thread=False)
+                               self.tta_check.isChecked(), _start_thread=False)
         worker._image_layer = image_layer
         state = {"done": 0, "n": len(slices), "started": time.perf_counter()}
 

@@ -199,10 +199,25 @@ def test_test_time_augmentation_in_predict(viewer_widget, qtbot):
     add_pair(viewer, image, strokes)
     train_and_wait(qtbot, w)
     model = w.controller.model
-    w.augment_check.setChecked(True)
+    assert not w.tta_check.isChecked() and w.settings().augment is False  # configure() turned training's off
+    w.tta_check.setChecked(True)
+    assert w.settings().augment is False  # the two "augment" controls are independent
     with qtbot.waitSignal(w.prediction_finished, timeout=20_000):
         w.predict_btn.click()
     augmented = predict_proba(model, image, augment=True)
     shown = viewer.layers["img p(blob)"].data
     np.testing.assert_allclose(shown, augmented[1], atol=1e-6)
     assert not np.allclose(shown, predict_proba(model, image)[1])
+
+
+def test_training_augmentation_and_test_time_augmentation_are_separate_controls(make_napari_viewer):
+    from napari_mpf._qt.trainer_widget import TrainerWidget
+
+    w = TrainerWidget(make_napari_viewer())
+    assert w.settings().augment is True and not w.tta_check.isChecked()  # the defaults
+    assert w.spec_combo.currentText() == "wide"
+    w.tta_check.setChecked(True)
+    assert w.settings().augment is True
+    w.augment_check.setChecked(False)
+    assert w.settings().augment is False and w.tta_check.isChecked()
+    w.close_workers()
