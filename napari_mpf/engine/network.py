@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import gemm
+from . import conv
 from . import kernels as K
 from .model import Model
 
@@ -199,10 +199,8 @@ def forward_features(
             out = new("out", (f, wgt.shape[0], h - kh + 1, w - kw + 1))
             if wgt.shape[2:] == (1, 1):
                 K.conv1x1_forward(_flat(x), wgt[:, :, 0, 0], bias, acts[li], _flat(out))
-            elif gemm.use_gemm(wgt):
-                gemm.conv_forward(x, wgt, bias, acts[li], out)
             else:
-                K.conv_forward(x, wgt, bias, acts[li], out)
+                conv.forward(x, wgt, bias, acts[li], out)
             if keep:
                 outputs.append(out)
         x = out
@@ -301,12 +299,10 @@ def backward(
             gw[:, :, 0, 0] = np.matmul(g, _flat(x_in).transpose(0, 2, 1)).sum(axis=0)
             if grad_in is not None:
                 np.matmul(np.ascontiguousarray(wgt[:, :, 0, 0].T), g, out=_flat(grad_in))
-        elif gemm.use_gemm(wgt):
-            gemm.conv_backward(x_in, grad, wgt, gw, grad_in)
         else:
-            K.conv_backward_weights(x_in, grad, gw)
+            conv.weight_grad(x_in, grad, wgt, gw)
             if grad_in is not None:
-                K.conv_backward_input(grad, wgt, grad_in)
+                conv.input_grad(grad, wgt, grad_in)
         grad_w[n_param] = gw
         if grad_features is not None and li == last and grad_in is not None:
             grad_in += deinterleave(grad_features.astype(dtype, copy=False), spec, x_in.shape)

@@ -70,19 +70,26 @@ def test_worker_threads_do_not_change_the_result(monkeypatch):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
 
 
-def test_fused_head_equals_the_layer_by_layer_pass():
+@pytest.mark.parametrize("maps", [8, 11, 3])  # inputs of the fused pair: 8 per pass, and the rest
+@pytest.mark.parametrize("painted", ["all", "top rows"])
+def test_fused_head_equals_the_layer_by_layer_pass(maps, painted):
     """Without heads the last two 1x1 layers run as one kernel (forward, and backward by recomputing
-    the hidden map); with features requested they run apart. Same logits and gradients."""
+    the hidden map, skipping blocks without gradient); with features requested they run apart.
+    Same logits and gradients."""
     from napari_mpf.engine.network import backward, forward, forward_features, pad_image
 
-    model = Model.create("C3x3x6, MPF2x2, C2x2x8, FC12", 2, 3, seed=0, dtype=np.float64)
+    model = Model.create(f"C3x3x6, MPF2x2, C2x2x{maps}, FC12", 2, 3, seed=0, dtype=np.float64)
     rng = np.random.default_rng(3)
-    padded = pad_image(rng.normal(size=(2, 24, 20)), model.window, (24, 20))
+    shape = (96, 80)  # fragments of 48 x 40 pixels: several of the kernel's pixel blocks each
+    assert shape[0] * shape[1] // 4 > 3 * K._FC_BLOCK
+    padded = pad_image(rng.normal(size=(2, *shape)), model.window, shape)
     fused, fused_cache = forward(model, padded, keep=True)
     apart, feats, apart_cache = forward_features(model, padded, keep=True)
     assert fused_cache.fused_head and not apart_cache.fused_head
     np.testing.assert_allclose(fused, apart, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(forward(model, padded)[0], apart, rtol=1e-12, atol=1e-12)
     g = rng.normal(size=fused.shape)
+    if painted == "top rows":  # zero below a few painted rows: the later blocks are skipped
+        g[:, 8:] = 0
     for a, b in zip(*(sum(backward(model, c, g), []) for c in (fused_cache, apart_cache)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
