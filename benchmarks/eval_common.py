@@ -268,7 +268,7 @@ class Variant:
             bits = [str(p.get("spec") or p.get("preset")), p.get("activation"), p.get("optimizer"),
                     f"crop {p.get('crop')}"]
             bits += [f"{k}={p[k]}" for k in ("lr", "schedule", "augment", "balance", "downsample", "norm", "by_class",
-                                             "sp_branch", "sp_pool", "sp_compactness", "image_head", "refine", "tta")
+                                             "sp_branch", "sp_pool", "sp_compactness", "image_head", "refine", "tta", "ensemble")
                      if k in p and p[k] != MPF_DEFAULTS.get(k)]
             return "mpf " + ", ".join(str(b) for b in bits)
         defaults = RF_DEFAULTS if self.kind == "rf" else {}
@@ -370,7 +370,9 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     ``sp_compactness``), ``image_head=WEIGHT`` (image-level head, trained on ``image_labels`` when
     given, else on labels read from the strokes), ``refine=SIZE`` (superpixel post-processing, V1),
     ``by_class=true`` (crop centres drawn class first). ``tta=true``: test-time augmentation (mean
-    over the 8 rotations and flips). Rows that differ only in ``refine``/``tta`` train once.
+    over the 8 rotations and flips). ``ensemble=N``: N networks with seeds ``seed .. seed + N - 1``
+    (each trained with the row's steps or budget), probabilities averaged. Rows that differ only
+    in ``refine``/``tta`` train once.
 
     Without ``steps`` the run is fitted to the budget: the trainer starts with a huge step count,
     and after every step the planned total ``trainer.config.steps`` (which the engine's cosine
@@ -381,6 +383,16 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     from napari_mpf.engine.predict import predict as engine_predict
     from napari_mpf.engine.predict import predict_proba, refine_with_superpixels
 
+    n_members = int(p.get("ensemble") or 1)
+    if n_members > 1:  # members differ only in their seed; their probabilities are averaged
+        seed = int(p.get("seed", 0))
+        members = [fit_mpf(images, labels, {**p, "ensemble": 1, "seed": seed + k}, log, image_labels)
+                   for k in range(n_members)]
+        info = dict(members[0].info, members=n_members,
+                    steps_done=sum(m.info["steps_done"] for m in members),
+                    steps_planned=sum(m.info["steps_planned"] for m in members))
+        return Fitted(lambda image: np.mean([m.predict(image) for m in members], axis=0),
+                      sum(m.train_seconds for m in members), info)
     key = (repr(sorted((k, v) for k, v in p.items() if k not in PREDICT_ONLY)), id(images), id(labels), id(image_labels))
     if key in _TRAINED:
         log("    same training as an earlier row (only prediction settings differ): reused")

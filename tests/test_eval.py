@@ -216,3 +216,18 @@ def test_rows_differing_only_in_prediction_settings_share_one_training():
     assert p_tta.shape == p_plain.shape == (24, 24)
     assert not np.allclose(p_tta, p_plain)  # the mean over rotations and flips is another map
     assert "tta=True" in tta.describe()
+
+
+def test_an_ensemble_row_averages_members_trained_with_successive_seeds():
+    rng = np.random.default_rng(1)
+    images = [rng.normal(size=(24, 24)).astype(np.float32)]
+    labels = [rng.integers(0, 3, size=(24, 24)).astype(np.uint8)]
+    single = [ec.run_method(v, images, labels, log=lambda *_: None) for v in ec.parse_variants(
+        ["s0:steps=3,budget=0,crop=none,seed=5", "s1:steps=3,budget=0,crop=none,seed=6"], ec.MPF_DEFAULTS)]
+    (pair_row,) = ec.parse_variants(["e:steps=3,budget=0,crop=none,seed=5,ensemble=2"], ec.MPF_DEFAULTS)
+    pair = ec.run_method(pair_row, images, labels, log=lambda *_: None)
+    expected = (single[0].predict(images[0]) + single[1].predict(images[0])) / 2
+    np.testing.assert_allclose(pair.predict(images[0]), expected, rtol=1e-6)
+    assert not np.allclose(single[0].predict(images[0]), single[1].predict(images[0]))
+    assert pair.info["members"] == 2 and pair.info["steps_done"] == 6
+    assert "ensemble=2" in pair_row.describe()
