@@ -315,6 +315,7 @@ class TrainerWidget(QWidget):
         )
         form.addRow(self.zarr_btn)
         self.count_label = QLabel("no objects counted yet")
+        self._counted: tuple | None = None  # (image layer, class, counts) last shown in count_label
         self.count_label.setWordWrap(True)
         form.addRow(self.count_label)
         root.addWidget(out)
@@ -495,6 +496,8 @@ class TrainerWidget(QWidget):
     def _on_slice_changed(self, event=None) -> None:
         if self.live_check.isChecked() and self.controller.model is not None:
             self._slice_timer.start()
+        if self._counted is not None and self._counted[0] in self.viewer.layers:
+            self.count_label.setText(self._count_text(*self._counted))  # the image head's p is per slice
 
     def _predict_current_slice(self) -> None:
         layer = self.image_combo.layer()
@@ -826,9 +829,16 @@ class TrainerWidget(QWidget):
         except UserError as exc:
             self._error(str(exc), notify)
             return None
+        self._counted = (image_layer, k, res)
+        self.count_label.setText(self._count_text(image_layer, k, res))
+        return res
+
+    def _count_text(self, image_layer, k: int, res) -> str:
+        """The count label: objects, the flag, the image head's p(class) on the slice shown, per slice."""
+        model = self.controller.model
         flag = "defect present" if res.defect_present else "no defect"
         text = f"{res.count} object(s) — {flag}"
-        if model is not None and model.image_head is not None:
+        if model is not None and model.image_head is not None and k < model.n_classes:
             try:
                 z = self.controller.current_slice(image_layer)
             except UserError:
@@ -839,8 +849,7 @@ class TrainerWidget(QWidget):
         if res.labels.ndim == 3:
             per = ", ".join(f"z{z}: {int(c)}{'*' if f else ''}" for z, (c, f) in enumerate(zip(res.counts, res.present, strict=True)) if c or f)
             text += f"; per slice (* = flagged): {per or 'none'}"
-        self.count_label.setText(text)
-        return res
+        return text
 
     # ----------------------------------------------------------------- model files
     def _show_model(self, model: Model | None) -> None:

@@ -88,3 +88,22 @@ def test_rgb_image_trains_with_three_channels(viewer_widget, qtbot):
     train_and_wait(qtbot, w)
     assert w.controller.model.in_channels == 3
     assert viewer.layers["rgb p(foreground)"].data.shape == (32, 32)
+
+
+def test_count_label_follows_the_slice_shown_for_the_image_head(viewer_widget, qtbot):
+    """The image head's p(class) is per slice: moving through the stack updates the label (no recount)."""
+    viewer, w = viewer_widget
+    image, strokes, _ = _stack(3)
+    img, _ = add_pair(viewer, image, strokes, "stack")
+    w.image_combo.set_layer(img)
+    configure(w, steps=2)
+    w.image_head_check.setChecked(True)
+    train_and_wait(qtbot, w)
+    with qtbot.waitSignal(w.prediction_finished, timeout=20_000):
+        w.predict_btn.click()
+    per_slice = viewer.layers["stack p(blob)"].metadata["image_probability_per_slice"]
+    assert len(per_slice) == 3
+    for z in (0, 2, 1):
+        viewer.dims.set_current_step(0, z)
+        assert f"image head p(blob) = {per_slice[z]:.2f} (slice {z})" in w.count_label.text()
+        assert "per slice (* = flagged)" in w.count_label.text()
