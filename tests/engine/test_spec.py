@@ -24,7 +24,7 @@ def _window_by_hand(text: str) -> tuple[int, int]:
 
 @pytest.mark.parametrize(
     "name, window",
-    [("steel", (34, 34)), ("n3", (63, 63)), ("fast", (24, 24)), ("wide", (52, 52))],
+    [("steel", (34, 34)), ("n3", (63, 63)), ("fast", (24, 24)), ("wide", (52, 52)), ("wide2", (52, 52))],
 )
 def test_preset_windows(name, window):
     spec = parse_spec(name, n_classes=2)
