@@ -1,4 +1,5 @@
-"""Which kernel runs each part of a convolution layer: blocked direct, BLAS, or plain Numba."""
+"""Which kernel runs each part of a convolution layer (blocked direct, BLAS, or plain Numba), and
+the fused pair of 1x1 layers that ends a network (BLAS or Numba)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 from . import blocked, gemm
 from . import kernels as K
 
-__all__ = ["forward", "input_grad", "weight_grad"]
+__all__ = ["forward", "input_grad", "weight_grad", "fc_pair_forward", "fc_pair_backward"]
 
 
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, act: int, out: np.ndarray) -> np.ndarray:
@@ -37,3 +38,17 @@ def weight_grad(x: np.ndarray, grad_out: np.ndarray, w: np.ndarray, grad_w: np.n
     else:
         K.conv_backward_weights(x, grad_out, grad_w)
     return grad_w
+
+
+def fc_pair_forward(x, w1, b1, act, w2, b2, out):
+    """The last two 1x1 layers at once on flattened ``(F, C, N)`` planes (see kernels.fc_pair_forward)."""
+    if gemm.use_gemm_head(w1):
+        return gemm.fc_pair_forward(x, w1, b1, act, w2, b2, out)
+    return K.fc_pair_forward(x, w1, b1, act, w2, b2, out)
+
+
+def fc_pair_backward(x, w1, b1, act, w2, g, gw1, gb1, gw2, gb2, gx):
+    """Gradients of :func:`fc_pair_forward` (see kernels.fc_pair_backward)."""
+    if gemm.use_gemm_head(w1):
+        return gemm.fc_pair_backward(x, w1, b1, act, w2, g, gw1, gb1, gw2, gb2, gx)
+    return K.fc_pair_backward(x, w1, b1, act, w2, g, gw1, gb1, gw2, gb2, gx)

@@ -187,7 +187,7 @@ def forward_features(
         elif fuse_head and li == last - 1:  # the last two 1x1 layers at once (backward recomputes)
             (w1, w2), (b1, b2) = model.weights[n_param:n_param + 2], model.biases[n_param:n_param + 2]
             out = new("out", (f, w2.shape[0], h, w))
-            K.fc_pair_forward(_flat(x), w1[:, :, 0, 0], b1, acts[li], w2[:, :, 0, 0], b2, _flat(out))
+            conv.fc_pair_forward(_flat(x), w1[:, :, 0, 0], b1, acts[li], w2[:, :, 0, 0], b2, _flat(out))
             if keep:
                 outputs.append(None)
             x = out
@@ -322,7 +322,7 @@ def _fused_head_backward(model: Model, cache: Cache, grad: np.ndarray, act: int,
     gb1, gb2 = np.empty(w1.shape[0], dtype), np.empty(w2.shape[0], dtype)
     grad_in = _grad_buffer(cache.workspace, li, x_in.shape, dtype) if li > 0 else None
     gx = _flat(grad_in) if grad_in is not None else np.empty((0, 0, 0), dtype)
-    K.fc_pair_backward(_flat(x_in), w1[:, :, 0, 0], b1, act, w2[:, :, 0, 0], _flat(grad),
+    conv.fc_pair_backward(_flat(x_in), w1[:, :, 0, 0], b1, act, w2[:, :, 0, 0], _flat(grad),
                        gw1[:, :, 0, 0], gb1, gw2[:, :, 0, 0], gb2, gx)
     grad_w[n - 2:n], grad_b[n - 2:n] = [gw1, gw2], [gb1, gb2]
     return grad_in

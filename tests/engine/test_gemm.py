@@ -72,11 +72,15 @@ def test_worker_threads_do_not_change_the_result(monkeypatch):
 
 @pytest.mark.parametrize("maps", [8, 11, 3])  # inputs of the fused pair: 8 per pass, and the rest
 @pytest.mark.parametrize("painted", ["all", "top rows"])
-def test_fused_head_equals_the_layer_by_layer_pass(maps, painted):
+@pytest.mark.parametrize("path", ["numba", "blas"])
+def test_fused_head_equals_the_layer_by_layer_pass(maps, painted, path, monkeypatch):
     """Without heads the last two 1x1 layers run as one kernel (forward, and backward by recomputing
-    the hidden map, skipping blocks without gradient); with features requested they run apart.
-    Same logits and gradients."""
+    the hidden map, skipping blocks without gradient; Numba or, for wide inputs, BLAS products per
+    block); with features requested they run apart. Same logits and gradients."""
     from napari_mpf.engine.network import backward, forward, forward_features, pad_image
+
+    monkeypatch.setattr(gemm, "GEMM_HEAD_MIN_IN", 0 if path == "blas" else 10**9)
+    monkeypatch.setattr(gemm, "HEAD_BLOCK", 500)  # several pixel blocks per fragment
 
     model = Model.create(f"C3x3x6, MPF2x2, C2x2x{maps}, FC12", 2, 3, seed=0, dtype=np.float64)
     rng = np.random.default_rng(3)
