@@ -103,3 +103,19 @@ def allclose_scaled(actual, desired, rtol: float, what: str = "") -> None:
     assert actual.shape == desired.shape, (what, actual.shape, desired.shape)
     scale = float(np.max(np.abs(desired))) if desired.size else 0.0
     np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * max(scale, 1e-30), err_msg=what)
+
+
+def same_results_on_two_paths(model, image, labels, use_first, use_second) -> None:
+    """Logits, loss and gradients of ``model`` agree when computed after ``use_first()`` and after
+    ``use_second()`` (each switches the kernels used, e.g. through monkeypatch)."""
+    from napari_mpf.engine import loss_and_gradients, predict_logits
+
+    results = []
+    for use in (use_first, use_second):
+        use()
+        results.append((predict_logits(model, image), loss_and_gradients(model, image, labels)))
+    (la, (lossa, gwa, gba)), (lb, (lossb, gwb, gbb)) = results
+    np.testing.assert_allclose(lb, la, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(lossb, lossa, rtol=1e-12)
+    for a, b in zip(gwa + gba, gwb + gbb, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)

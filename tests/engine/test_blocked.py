@@ -3,8 +3,9 @@
 import numba
 import numpy as np
 import pytest
+from _cases import same_results_on_two_paths
 
-from napari_mpf.engine import Model, blocked, conv, gemm, loss_and_gradients, predict_logits
+from napari_mpf.engine import Model, blocked, conv, gemm
 from napari_mpf.engine import kernels as K
 
 
@@ -66,13 +67,10 @@ def test_network_with_blocked_layers_matches_the_plain_kernels(monkeypatch):
     model = Model.create("C3x3x8, MPF2x2, C3x3x16, MPF2x2, C2x2x8, FC10", 2, 3, seed=0, dtype=np.float64)
     image = rng.normal(size=(2, 29, 22))
     labels = rng.integers(0, 4, size=(29, 22)) * (rng.random((29, 22)) < 0.3)
-    results = []
-    for out_counts, min_k in (((), 10**9), (blocked.BLOCKED_OUT, 0)):  # plain kernels only; blocked + BLAS
-        monkeypatch.setattr(blocked, "BLOCKED_OUT", out_counts)
-        monkeypatch.setattr(gemm, "GEMM_MIN_K", min_k)
-        results.append((predict_logits(model, image), loss_and_gradients(model, image, labels)))
-    (la, (lossa, gwa, gba)), (lb, (lossb, gwb, gbb)) = results
-    np.testing.assert_allclose(lb, la, rtol=1e-11, atol=1e-12)
-    assert lossa == pytest.approx(lossb, rel=1e-12)
-    for a, b in zip(gwa + gba, gwb + gbb, strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+    def use(out_counts, min_k):
+        def switch():
+            monkeypatch.setattr(blocked, "BLOCKED_OUT", out_counts)
+            monkeypatch.setattr(gemm, "GEMM_MIN_K", min_k)
+        return switch
+
+    same_results_on_two_paths(model, image, labels, use((), 10**9), use(blocked.BLOCKED_OUT, 0))  # plain; blocked + BLAS
