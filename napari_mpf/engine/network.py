@@ -323,7 +323,7 @@ def _fused_head_backward(model: Model, cache: Cache, grad: np.ndarray, act: int,
     grad_in = _grad_buffer(cache.workspace, li, x_in.shape, dtype) if li > 0 else None
     gx = _flat(grad_in) if grad_in is not None else np.empty((0, 0, 0), dtype)
     conv.fc_pair_backward(_flat(x_in), w1[:, :, 0, 0], b1, act, w2[:, :, 0, 0], _flat(grad),
-                       gw1[:, :, 0, 0], gb1, gw2[:, :, 0, 0], gb2, gx)
+                          gw1[:, :, 0, 0], gb1, gw2[:, :, 0, 0], gb2, gx)
     grad_w[n - 2:n], grad_b[n - 2:n] = [gw1, gw2], [gb1, gb2]
     return grad_in
 
