@@ -30,8 +30,9 @@ GEMM_MIN_K = 100
 GEMM_MIN_OUT = 8
 #: A fused pair of 1x1 layers (see :func:`fc_pair_forward`) with at least this many inputs runs as
 #: BLAS products per pixel block; narrower ones are faster in the Numba kernels. Measured on 2
-#: cores, training step of the head: 48 -> 200 -> 2 (n3) 1.6x faster; 32 -> 64 -> 2 1.2x;
-#: 8 -> 100 -> 2 (steel) and 24 -> 48 -> 2 equal.
+#: cores (forward + backward of the head, both with the vectorised tanh): 48 -> 200 -> 2 (n3)
+#: 1.6x faster in BLAS, 48 -> 128 -> 2 (wide2) 1.5x, 32 -> 64 -> 2 (wide) 1.2x; 8 -> 100 -> 2
+#: (steel) and 24 -> 48 -> 2 (fast) 1.1-1.2x faster in Numba.
 GEMM_HEAD_MIN_IN = 32
 #: Pixels per block of the fused head (its hidden map, ``hidden x block`` floats, stays in L2).
 HEAD_BLOCK = 1024
