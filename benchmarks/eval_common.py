@@ -369,7 +369,8 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     Seed methods as settings: ``sp_branch=SIZE`` (superpixel branch, V3; ``sp_pool``,
     ``sp_compactness``), ``image_head=WEIGHT`` (image-level head, trained on ``image_labels`` when
     given, else on labels read from the strokes), ``refine=SIZE`` (superpixel post-processing, V1),
-    ``by_class=true`` (crop centres drawn class first). ``tta=true``: test-time augmentation (mean
+    ``by_class=true`` (crop centres drawn class first), ``filters=multiscale`` (input filter bank,
+    ``napari_mpf.engine.features``). ``tta=true``: test-time augmentation (mean
     over the 8 rotations and flips). ``ensemble=N``: N networks with seeds ``seed .. seed + N - 1``
     (each trained with the row's steps or budget), probabilities averaged. Rows that differ only
     in ``refine``/``tta`` train once.
@@ -427,7 +428,8 @@ def _train_mpf(images, labels, p: dict, log, image_labels):
 
     t0 = time.perf_counter()
     spec = p.get("spec") or p.get("preset") or "fast"
-    model = Model.for_data(images, labels, spec=spec, activation=p.get("activation", "tanh"), seed=int(p.get("seed", 0)))
+    model = Model.for_data(images, labels, spec=spec, activation=p.get("activation", "tanh"), seed=int(p.get("seed", 0)),
+                           filters=p.get("filters"))
     compactness = float(p.get("sp_compactness") or 0.3)
     if p.get("sp_branch"):
         add_superpixel_branch(model, float(p["sp_branch"]), compactness, str(p.get("sp_pool") or "max"))

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .features import radius
 from .files import ArrayVolume, Volume
 from .inputs import InputError
 from .model import Model
@@ -110,9 +111,11 @@ def threads_per_task(workers: int | None) -> int:
 
 
 def halo(model: Model) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``((before, after) rows, (before, after) columns)`` of input around a region of outputs."""
+    """``((before, after) rows, (before, after) columns)`` of input around a region of outputs:
+    the window's, plus the input filters' context."""
     wh, ww = model.window
-    return (wh // 2, wh - 1 - wh // 2), (ww // 2, ww - 1 - ww // 2)
+    r = radius(model.filters)
+    return (wh // 2 + r, wh - 1 - wh // 2 + r), (ww // 2 + r, ww - 1 - ww // 2 + r)
 
 
 def predict_tile_logits(model: Model, region: np.ndarray, tile: int = DEFAULT_TILE) -> np.ndarray:
@@ -120,10 +123,10 @@ def predict_tile_logits(model: Model, region: np.ndarray, tile: int = DEFAULT_TI
 
     ``region`` is ``(C, h + wh - 1, w + ww - 1)`` (or ``(h + wh - 1, w + ww - 1)`` for one channel)
     raw pixels: rows/columns ``[y0 - wh // 2, y1 + wh - 1 - wh // 2)`` of the mirror-extended image
-    for the outputs ``[y0, y1)``. Normalised with the model's statistics, then evaluated in tiles of
+    for the outputs ``[y0, y1)`` (with input filters, :func:`halo` more on every side). Normalised with the model's statistics, then evaluated in tiles of
     at most ``tile`` outputs (rounded to the pooling factor), as :func:`predict_logits` does.
     """
-    x = normalise(model, region)
+    x = normalise(model, region, extended=True)
     wh, ww = model.window
     py, px = model.spec.pool_factor
     _, hh, wwid = x.shape
@@ -350,6 +353,8 @@ def model_token(model: Model) -> str:
     """A hash of everything that decides the model's outputs (spec, weights, normalisation, classes)."""
     h = hashlib.sha256()
     h.update(json.dumps([model.spec.text, model.activation, model.in_channels, list(model.class_names)]).encode())
+    if model.filters:
+        h.update(json.dumps(model.filters, sort_keys=True).encode())
     for a in (*model.weights, *model.biases, model.norm_mean, model.norm_std):
         arr = np.ascontiguousarray(a)
         h.update(str(arr.dtype).encode())

@@ -206,11 +206,11 @@ class PairDataset(Sequence):
 
 
 def model_for_dataset(dataset: PairDataset, spec="fast", activation: str = "tanh", seed: int = 0,
-                      class_names: Sequence[str] | None = None) -> Model:
+                      class_names: Sequence[str] | None = None, filters: dict | str | None = None) -> Model:
     """A new network sized for ``dataset`` (channels, classes) with its normalisation, computed
     without loading the data set at once (the streaming :meth:`Model.for_data`)."""
     info = dataset.check()
-    model = Model.create(spec, info.in_channels, max(info.n_classes, 2), activation, seed, class_names)
+    model = Model.create(spec, info.in_channels, max(info.n_classes, 2), activation, seed, class_names, filters=filters)
     model.norm_mean, model.norm_std = dataset.normalisation()
     return model
 

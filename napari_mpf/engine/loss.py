@@ -212,6 +212,6 @@ def _loss_and_gradients(model: Model, x: np.ndarray, lab: np.ndarray, balance: b
     box = (0, 0, padded_size(h, py), padded_size(w, px))
     segments = None
     if model.superpixels is not None:
-        segments = slic_superpixels(x, model.superpixels["size"], model.superpixels["compactness"])
+        segments = slic_superpixels(x[: model.in_channels], model.superpixels["size"], model.superpixels["compactness"])
     batch = make_batch(model, x, lab, box, segments, image_target)
     return batch_loss(model, batch, balance)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .features import check_filters, n_outputs
 from .inputs import check_training_pairs
 from .spec import NetworkSpec, SpecError, parse_spec
 
@@ -19,7 +20,8 @@ class Model:
     """An MPCNN: ``weights[n]`` is ``(Cout, Cin, kh, kw)`` for the n-th conv/FC layer, ``biases[n]`` ``(Cout,)``.
 
     Class ``k`` (0-based output ``k``) is label value ``k + 1``. Images are normalised per channel as
-    ``(image - norm_mean) / norm_std`` before the first layer.
+    ``(image - norm_mean) / norm_std`` before the first layer; with ``filters`` (see :mod:`.features`)
+    the first layer then reads the normalised channels and their filtered versions.
 
     Optional heads on the features that feed the last (1x1) layer (see :mod:`.heads`):
     ``superpixels`` (a superpixel-pooling branch whose class scores add to every pixel's, Schuurmans
@@ -38,6 +40,12 @@ class Model:
     provenance: dict = field(default_factory=dict)
     superpixels: dict | None = None  # {"size", "compactness", "pool"}
     image_head: dict | None = None  # {"loss_weight"}
+    filters: dict | None = None  # input filter bank {"smooth": sigmas, "hessian": sigmas}
+
+    @property
+    def net_in_channels(self) -> int:
+        """Channels the first layer reads: the image's, times the input filters' outputs."""
+        return self.in_channels * n_outputs(self.filters)
 
     @property
     def n_classes(self) -> int:
@@ -91,6 +99,8 @@ class Model:
             heads += f" | superpixel branch ({self.superpixels['pool']}, ~{self.superpixels['size']:g} px)"
         if self.image_head is not None:
             heads += f" | image-level head (weight {self.image_head['loss_weight']:g})"
+        if self.filters:
+            heads += f" | input filters (smooth {self.filters['smooth']}, hessian {self.filters['hessian']})"
         return (
             f"{self.spec.text} | {self.activation} | window {h}x{w} | "
             f"{self.in_channels} channel(s) -> {self.n_classes} classes{heads} | {self.n_params:,} parameters"
@@ -106,8 +116,10 @@ class Model:
         seed: int = 0,
         class_names: Sequence[str] | None = None,
         dtype=np.float32,
+        filters: dict | str | None = None,
     ) -> Model:
-        """A freshly initialised network (Glorot-uniform for tanh, He-normal for ReLU, zero biases)."""
+        """A freshly initialised network (Glorot-uniform for tanh, He-normal for ReLU, zero biases);
+        ``filters``: input filter bank (a name from ``features.FILTER_BANKS`` or its settings)."""
         if activation not in ("tanh", "relu"):
             raise SpecError(f"activation must be 'tanh' or 'relu', got {activation!r}")
         if in_channels < 1:
@@ -117,9 +129,10 @@ class Model:
         elif spec.n_classes != n_classes:
             raise SpecError(f"the spec has {spec.n_classes} outputs but n_classes is {n_classes}")
         names = _class_names(class_names, n_classes)
+        filters = check_filters(filters)
         rng = np.random.default_rng(seed)
         weights, biases = [], []
-        n_in = in_channels
+        n_in = in_channels * n_outputs(filters)
         for layer in spec.layers:
             if layer.kind == "pool":
                 continue
@@ -144,6 +157,7 @@ class Model:
             norm_mean=np.zeros(in_channels, np.float32),
             norm_std=np.ones(in_channels, np.float32),
             provenance={"seed": int(seed), "steps": 0},
+            filters=filters,
         )
 
     @classmethod
@@ -155,11 +169,12 @@ class Model:
         activation: str = "tanh",
         seed: int = 0,
         class_names: Sequence[str] | None = None,
+        filters: dict | str | None = None,
     ) -> Model:
         """A new network sized for these (image, labels) pairs, with normalisation from the images."""
         imgs, labs = check_training_pairs(images, labels)
         n_classes = max(int(lab.max()) for lab in labs)
-        model = cls.create(spec, imgs[0].shape[0], n_classes, activation, seed, class_names)
+        model = cls.create(spec, imgs[0].shape[0], n_classes, activation, seed, class_names, filters=filters)
         model.norm_mean, model.norm_std = normalisation_from(imgs)
         return model
 

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .features import check_filters, n_outputs
 from .model import Model
 from .spec import LayerSpec, SpecError, resolve_spec
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "save_model", "load_model", "model_header"]
 
 FORMAT = "napari-mpf-model"
-FORMAT_VERSION = 2  # 2 adds the optional heads; a model without heads is still written as version 1
+FORMAT_VERSION = 3  # 2 adds the optional heads, 3 the input filters; a file says the lowest version it needs
 
 
 class ModelFileError(ValueError):
@@ -27,7 +28,7 @@ def model_header(model: Model) -> dict:
     """The JSON header written into the model file."""
     return {
         "format": FORMAT,
-        "version": FORMAT_VERSION if (model.superpixels or model.image_head) else 1,
+        "version": 3 if model.filters else 2 if (model.superpixels or model.image_head) else 1,
         "spec": model.spec.text,
         "window": list(model.window),
         "layers": [
@@ -45,6 +46,7 @@ def model_header(model: Model) -> dict:
         "provenance": model.provenance,
         **({"superpixels": model.superpixels} if model.superpixels is not None else {}),
         **({"image_head": model.image_head} if model.image_head is not None else {}),
+        **({"filters": model.filters} if model.filters else {}),
     }
 
 
@@ -118,7 +120,8 @@ def _model_from(header: dict, arrays: dict) -> Model:
     spec = resolve_spec(layers, tuple(header["window"]))
     if list(spec.window) != list(header["window"]):
         raise ValueError(f"window {header['window']} does not match the layers")
-    n_in = int(header["in_channels"])
+    filters = check_filters(header.get("filters"))
+    n_in = int(header["in_channels"]) * n_outputs(filters)
     weights, biases = [], []
     n = 0
     for layer in spec.layers:
@@ -182,6 +185,7 @@ def _model_from(header: dict, arrays: dict) -> Model:
         provenance=dict(header.get("provenance", {})),
         superpixels=superpixels,
         image_head=image_head,
+        filters=filters,
     )
 
 

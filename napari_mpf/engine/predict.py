@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dihedral import dihedral, undo_dihedral
+from .features import apply_filters
 from .heads import PooledFeatures, has_heads
 from .inputs import InputError, as_image
 from .model import Model
@@ -32,13 +33,17 @@ __all__ = [
 DEFAULT_TILE = 512
 
 
-def normalise(model: Model, image) -> np.ndarray:
-    """Checked ``(C, H, W)`` image, normalised with the model's statistics, in the model's dtype."""
+def normalise(model: Model, image, extended: bool = False) -> np.ndarray:
+    """The first layer's input: the checked ``(C, H, W)`` image normalised with the model's
+    statistics, in the model's dtype, followed by its input filters' outputs when the model has
+    them (its first ``C`` channels stay the normalised image). ``extended``: ``image`` is a region
+    that holds the filters' context (:func:`~napari_mpf.engine.features.radius` pixels each side),
+    which the result drops."""
     x = as_image(image, model.in_channels)
     dtype = model.dtype
     mean = model.norm_mean.astype(dtype)[:, None, None]
     std = model.norm_std.astype(dtype)[:, None, None]
-    return (x.astype(dtype) - mean) / std
+    return apply_filters((x.astype(dtype) - mean) / std, model.filters, extended)
 
 
 @dataclass
@@ -66,7 +71,7 @@ def predict(model: Model, image, tile: int = DEFAULT_TILE) -> Prediction:
     py, px = model.spec.pool_factor
     segments = None
     if model.superpixels is not None:
-        segments = slic_superpixels(x, model.superpixels["size"], model.superpixels["compactness"])
+        segments = slic_superpixels(x[: model.in_channels], model.superpixels["size"], model.superpixels["compactness"])
     padded = pad_image(x, model.window, (padded_size(h, py), padded_size(w, px)))
     return predict_from_padded(model, padded, (h, w), tile, segments)
 
@@ -132,7 +137,7 @@ def refine_with_superpixels(model: Model, image, probabilities: np.ndarray, size
                             compactness: float = 0.3) -> np.ndarray:
     """Superpixel post-processing (Schuurmans et al. 2018, V1): every class probability averaged
     over each SLIC superpixel of mean area ``size`` pixels (computed on the normalised image)."""
-    segments = slic_superpixels(normalise(model, image), size, compactness)
+    segments = slic_superpixels(normalise(model, image)[: model.in_channels], size, compactness)
     return refine_probabilities(probabilities, segments)
 
 

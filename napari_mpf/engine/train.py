@@ -233,7 +233,7 @@ class Trainer:
         if sp is None:
             return None
         if index not in self._segments or self.dataset is not None:
-            self._segments[index] = slic_superpixels(x, sp["size"], sp["compactness"])
+            self._segments[index] = slic_superpixels(x[: self.model.in_channels], sp["size"], sp["compactness"])
         return self._segments[index]
 
     def _global_class_weight(self, n_images: int) -> np.ndarray | None:
