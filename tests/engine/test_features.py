@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from _cases import make_image, randomise
 
-from napari_mpf.engine import InputError, Model, TrainConfig, load_model, predict_proba, save_model, train
+from napari_mpf.engine import (
+    InputError,
+    Model,
+    TrainConfig,
+    load_model,
+    predict_proba,
+    save_model,
+    train,
+)
 from napari_mpf.engine.chunked import predict_dask
 from napari_mpf.engine.dihedral import dihedral
 from napari_mpf.engine.features import FILTER_BANKS, apply_filters, check_filters, n_outputs, radius
