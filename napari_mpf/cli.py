@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "fast (24x24, about twice as fast), steel or n3")
     g.add_argument("--spec", metavar="TEXT", help="network in the papers' notation, e.g. 'C5x5x8, MPF2x2, C3x3x8, FC32'")
     t.add_argument("--activation", choices=("tanh", "relu"), default="tanh")
+    t.add_argument("--filters", choices=("none", "multiscale"), default="none",
+                   help="input filters ahead of the network: 'multiscale' adds each channel smoothed, its gradient magnitude "
+                        "(sigma 1-16) and its Hessian eigenvalues (sigma 1-8); fixed, no parameters (default none)")
     t.add_argument("--optimizer", choices=("adam", "sgd", "armijo", "lbfgs"), default="adam")
     t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: the optimizer's, a third of it for Adam/SGD on nets with 3+ pooling stages)")
     t.add_argument("--steps", type=_positive_int, default=200, help="training steps (one image each; default 200)")
@@ -368,7 +371,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     counts = _check_painted(masks, args.label_offset)
     class_names = [s.strip() for s in args.class_names.split(",")] if args.class_names else None
     spec = _spec_from(args)
-    model = Model.for_data(images, masks, spec=spec, activation=args.activation, seed=args.seed, class_names=class_names)
+    model = Model.for_data(images, masks, spec=spec, activation=args.activation, seed=args.seed, class_names=class_names,
+                           filters=args.filters)
     _add_heads(model, args)
     image_labels = _read_image_labels(args.image_labels, len(images), model) if args.image_labels else None
     config = TrainConfig(
@@ -422,6 +426,9 @@ def _add_heads(model, args: argparse.Namespace) -> None:
 
 def _heads_text(model) -> str | None:
     parts = []
+    if model.filters:
+        kinds = ", ".join(f"{k} sigma {v}" for k, v in model.filters.items() if v)
+        parts.append(f"input filters ({kinds}; {model.net_in_channels} channels into the first layer)")
     if model.superpixels is not None:
         sp = model.superpixels
         parts.append(f"superpixel branch ({sp['pool']} pooling over SLIC superpixels of ~{sp['size']:g} px, "
@@ -530,7 +537,7 @@ def _train_pairs(args: argparse.Namespace, out: Path) -> int:
     dataset = PairDataset.from_folder(args.pairs, image_key=args.image_key, labels_key=args.labels_key,
                                       label_offset=args.label_offset, channels_first=args.channels_first)
     class_names = [s.strip() for s in args.class_names.split(",")] if args.class_names else None
-    model = model_for_dataset(dataset, _spec_from(args), args.activation, args.seed, class_names)
+    model = model_for_dataset(dataset, _spec_from(args), args.activation, args.seed, class_names, filters=args.filters)
     _add_heads(model, args)
     image_labels = (_read_image_labels(args.image_labels, len(dataset), model, "in the order of the pairs (sorted by name)")
                     if args.image_labels else None)

@@ -40,7 +40,7 @@ class Model:
     provenance: dict = field(default_factory=dict)
     superpixels: dict | None = None  # {"size", "compactness", "pool"}
     image_head: dict | None = None  # {"loss_weight"}
-    filters: dict | None = None  # input filter bank {"smooth": sigmas, "hessian": sigmas}
+    filters: dict | None = None  # input filter bank {"smooth"/"gradient"/"hessian": sigmas}
 
     @property
     def net_in_channels(self) -> int:
@@ -100,7 +100,7 @@ class Model:
         if self.image_head is not None:
             heads += f" | image-level head (weight {self.image_head['loss_weight']:g})"
         if self.filters:
-            heads += f" | input filters (smooth {self.filters['smooth']}, hessian {self.filters['hessian']})"
+            heads += " | input filters (" + ", ".join(f"{k} {v}" for k, v in self.filters.items() if v) + ")"
         return (
             f"{self.spec.text} | {self.activation} | window {h}x{w} | "
             f"{self.in_channels} channel(s) -> {self.n_classes} classes{heads} | {self.n_params:,} parameters"

@@ -24,30 +24,32 @@ from napari_mpf.engine.dihedral import dihedral
 from napari_mpf.engine.features import FILTER_BANKS, apply_filters, check_filters, n_outputs, radius
 from napari_mpf.engine.network import mirror_indices
 
-SMALL = {"smooth": [1.0, 2.5], "hessian": [1.5]}
+SMALL = {"smooth": [1.0, 2.5], "gradient": [1.0], "hessian": [1.5]}
 
 
 def test_shapes_and_first_channels_are_the_image():
     x = np.random.default_rng(0).normal(size=(2, 30, 41)).astype(np.float32)
     out = apply_filters(x, SMALL)
-    assert n_outputs(SMALL) == 5 and out.shape == (10, 30, 41) and out.dtype == np.float32
+    assert n_outputs(SMALL) == 6 and out.shape == (12, 30, 41) and out.dtype == np.float32
     np.testing.assert_array_equal(out[:2], x)
     assert apply_filters(x, None) is x and n_outputs(None) == 1 and radius(None) == 0
     assert radius(SMALL) == 10  # 4 sigma, rounded (+ 1 for the Hessian's differences)
-    assert n_outputs(check_filters("multiscale")) == 11
+    assert n_outputs(check_filters("multiscale")) == 19 and radius(check_filters("multiscale")) == 65
+    assert check_filters({"smooth": []}) is None
 
 
 def test_a_smoothed_constant_stays_constant_and_its_hessian_is_zero():
     out = apply_filters(np.full((1, 20, 25), 3.0, np.float32), SMALL)
     np.testing.assert_allclose(out[:3], 3.0, atol=1e-5)
-    np.testing.assert_allclose(out[3:], 0.0, atol=1e-5)
+    np.testing.assert_allclose(out[3:], 0.0, atol=1e-5)  # gradient and Hessian
 
 
 def test_a_dark_ridge_gives_a_positive_eigenvalue_along_it():
     x = np.zeros((1, 40, 40), np.float32)
     x[0, :, 19:21] = -1.0  # a dark vertical line, like a membrane
-    out = apply_filters(x, {"smooth": [], "hessian": [1.5]})
-    assert out[1, 20, 20] > 0.1 and abs(out[2, 20, 20]) < 0.05 * out[1, 20, 20]
+    out = apply_filters(x, {"smooth": [], "gradient": [1.0], "hessian": [1.5]})
+    assert out[2, 20, 20] > 0.1 and abs(out[3, 20, 20]) < 0.05 * out[2, 20, 20]
+    assert out[1, 20, 17] > 0.1 and out[1, 20, 35] < 0.01  # an edge beside the line, none far from it
 
 
 @pytest.mark.parametrize("shape", [(37, 45), (9, 7)])
@@ -86,7 +88,7 @@ def test_model_with_filters_trains_saves_and_loads(tmp_path):
     labels = np.zeros((40, 44), np.uint8)
     labels[3:12, 4:20], labels[25:38, 20:40] = 1, 2
     model = Model.for_data([image], [labels], spec="C3x3x4, MPF2x2, C3x3x4, FC6", filters=SMALL)
-    assert model.weights[0].shape[1] == model.net_in_channels == 5
+    assert model.weights[0].shape[1] == model.net_in_channels == 6
     train(model, [image], [labels], TrainConfig(steps=3, crop=None))
     path = save_model(model, tmp_path / "m.npz")
     with np.load(path) as data:
