@@ -447,3 +447,19 @@ def test_predict_with_test_time_augmentation(data, model_file, capsys):
     np.testing.assert_array_equal(np.load(data / "tta_seg.npy"), got.argmax(0) + 1)
     assert "--augment needs whole images" in user_error(
         capsys, "predict", "--model", model_file, "--image", data / "img.tif", "--out", data / "x.zarr", "--augment")
+
+
+def test_train_with_input_filters_info_and_predict(data, capsys):
+    from napari_mpf.engine import predict_proba
+
+    code, _, err = run(capsys, *train_args(data, "--filters", "multiscale", out="filters.npz"))
+    assert code == 0, err
+    model = load_model(data / "filters.npz")
+    assert model.filters["smooth"] == [1.0, 2.0, 4.0, 8.0, 16.0] and model.weights[0].shape[1] == 19
+    code, out, _ = run(capsys, "info", data / "filters.npz")
+    assert code == 0 and "input filters (smooth sigma [1.0, 2.0, 4.0, 8.0, 16.0]" in out and "19 channels" in out
+    code, _, err = run(capsys, "predict", "--model", data / "filters.npz", "--image", data / "img.tif",
+                       "--out", data / "filters.npy")
+    assert code == 0, err
+    want = predict_proba(model, tifffile.imread(data / "img.tif"))
+    np.testing.assert_allclose(np.load(data / "filters.npy"), want, atol=1e-6)

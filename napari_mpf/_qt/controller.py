@@ -24,6 +24,7 @@ from .._layer_style import (
 )
 from ..engine import InputError, Model, SpecError, parse_spec, segment
 from ..engine.chunked import CountSettings, ZarrPrediction
+from ..engine.features import check_filters
 from ..engine.objects import ObjectCounts, count_objects
 from ..engine.predict import predict, predict_proba, refine_with_superpixels
 
@@ -41,13 +42,24 @@ class UserError(ValueError):
 
 
 def heads_text(model: Model) -> str:
-    """One line on ``model``'s heads ('' without any)."""
+    """One line on ``model``'s heads and input filters ('' without any)."""
     parts = []
+    if model.filters:
+        parts.append(f"input filters ({filters_name(model.filters)})")
     if model.superpixels is not None:
         parts.append(f"superpixel branch ({model.superpixels['pool']}, ~{model.superpixels['size']:g} px)")
     if model.image_head is not None:
         parts.append(f"image-level head (loss weight {model.image_head['loss_weight']:g})")
     return ", ".join(parts)
+
+
+def filters_name(filters: dict | None) -> str:
+    """The name of a named input filter bank ('none' without filters, 'custom' for another bank)."""
+    from ..engine.features import FILTER_BANKS
+
+    if not filters:
+        return "none"
+    return next((name for name in FILTER_BANKS if check_filters(name) == filters), "custom")
 
 
 @dataclass
@@ -71,6 +83,9 @@ class TrainSettings:
     #: a new network gets an image-level "class present" head, trained with this loss weight
     image_head: bool = False
     image_head_weight: float = 1.0
+    #: a new network gets these input filters (a name from ``engine.features.FILTER_BANKS`` or the
+    #: settings of a bank; "none" = the image only)
+    filters: str | dict = "none"
 
 
 #: SLIC compactness of the superpixel branch and of the refinement (the engine's default)
@@ -308,6 +323,7 @@ class Controller:
             and model.n_classes == tset.n_classes
             and model.spec.text == spec.text
             and model.activation == settings.activation
+            and model.filters == check_filters(settings.filters)
             and self._heads_match(model, settings)
         )
 
@@ -349,7 +365,7 @@ class Controller:
         try:
             model = Model.for_data(
                 tset.images, tset.labels, spec=settings.spec, activation=settings.activation,
-                seed=settings.seed, class_names=tset.class_names,
+                seed=settings.seed, class_names=tset.class_names, filters=settings.filters,
             )
         except SpecError as exc:
             raise UserError(f"Bad network spec: {exc}") from exc

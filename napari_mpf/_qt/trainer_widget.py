@@ -40,7 +40,8 @@ from qtpy.QtWidgets import (
 from .._layer_style import class_names_from_features
 from ..engine import PRESETS, Model, ModelFileError, load_model, save_model
 from ..engine.chunked import CountSettings
-from .controller import OUTPUT_KEY, Controller, TrainingSet, TrainSettings, UserError, heads_text
+from ..engine.features import FILTER_BANKS, check_filters, n_outputs
+from .controller import OUTPUT_KEY, Controller, TrainingSet, TrainSettings, UserError, filters_name, heads_text
 from .layer_combo import LayerCombo
 from .loss_plot import LossPlot
 
@@ -177,6 +178,15 @@ class TrainerWidget(QWidget):
         self.activation_combo = QComboBox()
         self.activation_combo.addItems(["tanh", "relu"])
         form.addRow("Activation", self.activation_combo)
+        self.filters_combo = QComboBox()
+        self.filters_combo.addItems(["none", *FILTER_BANKS])
+        self.filters_combo.setToolTip(
+            "Fixed filters ahead of a new network: 'multiscale' gives its first layer the image smoothed, its "
+            "gradient magnitude (sigma 1-16) and its Hessian eigenvalues (sigma 1-8). Lower pixel error on EM "
+            "membranes at the same steps, ~0.1 s more per 512² image."
+        )
+        form.addRow("Input filters", self.filters_combo)
+        self._custom_filters: dict | None = None
         self.spec_info = QLabel()
         form.addRow("", self.spec_info)
         self.optimizer_combo = QComboBox()
@@ -352,6 +362,7 @@ class TrainerWidget(QWidget):
         self.labels_combo.layer_changed.connect(self._on_labels_changed)
         self.new_labels_btn.clicked.connect(self.new_labels)
         self.spec_combo.currentTextChanged.connect(self._update_spec_info)
+        self.filters_combo.currentTextChanged.connect(self._update_spec_info)
         self.classes_edit.editingFinished.connect(self._update_spec_info)
         self.train_btn.clicked.connect(self.train)
         self.stop_btn.clicked.connect(self.stop)
@@ -411,7 +422,12 @@ class TrainerWidget(QWidget):
             superpixel_pool=self.superpixel_pool_combo.currentText(),
             image_head=self.image_head_check.isChecked(),
             image_head_weight=float(self.image_head_weight_spin.value()),
+            filters=self._filters_setting(),
         )
+
+    def _filters_setting(self) -> str | dict:
+        text = self.filters_combo.currentText()
+        return self._custom_filters if text == "custom" else text
 
     def refine_size(self) -> float | None:
         """The superpixel refinement's size in pixels, or None when it is off."""
@@ -428,7 +444,9 @@ class TrainerWidget(QWidget):
         channels = 3 if isinstance(layer, Image) and layer.rgb else 1
         n_classes = max(2, len(self.class_names()))
         try:
-            window, params = self.controller.describe_spec(self.spec_combo.currentText(), n_classes, channels)
+            filters = check_filters(self._filters_setting())
+            window, params = self.controller.describe_spec(self.spec_combo.currentText(), n_classes,
+                                                           channels * n_outputs(filters))
         except UserError as exc:
             self.spec_info.setText(str(exc))
             self.spec_info.setStyleSheet("color: #ff6b6b;")
@@ -873,7 +891,13 @@ class TrainerWidget(QWidget):
         self.class_combo.blockSignals(False)
 
     def _show_heads(self, model: Model) -> None:
-        """Set the head controls to ``model``'s heads, so that training can continue from it."""
+        """Set the head and input-filter controls to ``model``'s, so that training can continue from it."""
+        name = filters_name(model.filters)
+        if name == "custom":  # a bank made through the Python API: kept as the model has it
+            self._custom_filters = model.filters
+            if self.filters_combo.findText(name) < 0:
+                self.filters_combo.addItem(name)
+        self.filters_combo.setCurrentText(name)
         sp = model.superpixels
         self.superpixel_check.setChecked(sp is not None)
         if sp is not None:
