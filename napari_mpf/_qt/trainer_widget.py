@@ -41,7 +41,15 @@ from .._layer_style import class_names_from_features
 from ..engine import PRESETS, Model, ModelFileError, load_model, save_model
 from ..engine.chunked import CountSettings
 from ..engine.features import FILTER_BANKS, check_filters, n_outputs
-from .controller import OUTPUT_KEY, Controller, TrainingSet, TrainSettings, UserError, filters_name, heads_text
+from .controller import (
+    OUTPUT_KEY,
+    Controller,
+    TrainingSet,
+    TrainSettings,
+    UserError,
+    filters_name,
+    heads_text,
+)
 from .layer_combo import LayerCombo
 from .loss_plot import LossPlot
 
