@@ -355,7 +355,8 @@ def model_token(model: Model) -> str:
     h.update(json.dumps([model.spec.text, model.activation, model.in_channels, list(model.class_names)]).encode())
     if model.filters:
         h.update(json.dumps(model.filters, sort_keys=True).encode())
-    for a in (*model.weights, *model.biases, model.norm_mean, model.norm_std):
+    extra = (model.filter_mean, model.filter_std) if model.filters else ()
+    for a in (*model.weights, *model.biases, model.norm_mean, model.norm_std, *extra):
         arr = np.ascontiguousarray(a)
         h.update(str(arr.dtype).encode())
         h.update(arr.tobytes())

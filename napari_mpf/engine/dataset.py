@@ -212,6 +212,7 @@ def model_for_dataset(dataset: PairDataset, spec="fast", activation: str = "tanh
     info = dataset.check()
     model = Model.create(spec, info.in_channels, max(info.n_classes, 2), activation, seed, class_names, filters=filters)
     model.norm_mean, model.norm_std = dataset.normalisation()
+    model.fit_filter_statistics(dataset.pair(i)[0] for i in range(len(dataset)))
     return model
 
 

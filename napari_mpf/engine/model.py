@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .features import check_filters, n_outputs
+from .features import apply_filters, check_filters, n_outputs
 from .inputs import check_training_pairs
 from .spec import NetworkSpec, SpecError, parse_spec
 
@@ -41,6 +41,9 @@ class Model:
     superpixels: dict | None = None  # {"size", "compactness", "pool"}
     image_head: dict | None = None  # {"loss_weight"}
     filters: dict | None = None  # input filter bank {"smooth"/"gradient"/"hessian": sigmas}
+    #: per filter output (channels after the first ``in_channels``): standardisation, as ``norm_*``
+    filter_mean: np.ndarray | None = None
+    filter_std: np.ndarray | None = None
 
     @property
     def net_in_channels(self) -> int:
@@ -133,6 +136,7 @@ class Model:
         rng = np.random.default_rng(seed)
         weights, biases = [], []
         n_in = in_channels * n_outputs(filters)
+        n_extra = n_in - in_channels
         for layer in spec.layers:
             if layer.kind == "pool":
                 continue
@@ -158,6 +162,8 @@ class Model:
             norm_std=np.ones(in_channels, np.float32),
             provenance={"seed": int(seed), "steps": 0},
             filters=filters,
+            filter_mean=None if filters is None else np.zeros(n_extra, np.float32),
+            filter_std=None if filters is None else np.ones(n_extra, np.float32),
         )
 
     @classmethod
@@ -176,7 +182,20 @@ class Model:
         n_classes = max(int(lab.max()) for lab in labs)
         model = cls.create(spec, imgs[0].shape[0], n_classes, activation, seed, class_names, filters=filters)
         model.norm_mean, model.norm_std = normalisation_from(imgs)
+        model.fit_filter_statistics(imgs)
         return model
+
+    def fit_filter_statistics(self, images: Iterable[np.ndarray]) -> None:
+        """Set ``filter_mean``/``filter_std`` from ``(C, H, W)`` images (after ``norm_*`` is set):
+        every filter output then enters the first layer with zero mean and unit variance. Without
+        this, small outputs (gradients, curvatures) barely moved a tanh network on the tiles."""
+        if not self.filters:
+            return
+        mean, std = self.norm_mean[:, None, None], self.norm_std[:, None, None]
+        c = self.in_channels
+        self.filter_mean, self.filter_std = normalisation_from(
+            apply_filters((np.asarray(img, np.float32) - mean) / std, self.filters)[c:] for img in images
+        )
 
 
 def normalisation_from(images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -59,6 +59,9 @@ def save_model(model: Model, path: str | os.PathLike) -> Path:
         arrays[f"b{n}"] = np.ascontiguousarray(b, dtype=np.float32)
     arrays["norm_mean"] = np.asarray(model.norm_mean, np.float32)
     arrays["norm_std"] = np.asarray(model.norm_std, np.float32)
+    if model.filters:
+        arrays["filter_mean"] = np.asarray(model.filter_mean, np.float32)
+        arrays["filter_std"] = np.asarray(model.filter_std, np.float32)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ModelFileError(f"{path}: cannot save the model, the folder {directory} does not exist")
@@ -168,6 +171,13 @@ def _model_from(header: dict, arrays: dict) -> Model:
     std = arrays["norm_std"].astype(np.float32)
     if mean.shape != (int(header["in_channels"]),) or std.shape != mean.shape or np.any(std <= 0):
         raise ValueError("bad normalisation arrays")
+    filter_mean = filter_std = None
+    if filters:
+        filter_mean = arrays["filter_mean"].astype(np.float32)
+        filter_std = arrays["filter_std"].astype(np.float32)
+        n_extra = int(header["in_channels"]) * (n_outputs(filters) - 1)
+        if filter_mean.shape != (n_extra,) or filter_std.shape != (n_extra,) or np.any(filter_std <= 0):
+            raise ValueError("bad filter_mean / filter_std arrays")
     names = [str(s) for s in header["class_names"]]
     if len(names) != spec.n_classes or spec.n_classes != int(header["n_classes"]):
         raise ValueError("class names / n_classes do not match the last layer")
@@ -186,6 +196,8 @@ def _model_from(header: dict, arrays: dict) -> Model:
         superpixels=superpixels,
         image_head=image_head,
         filters=filters,
+        filter_mean=filter_mean,
+        filter_std=filter_std,
     )
 
 

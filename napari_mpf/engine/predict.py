@@ -35,15 +35,21 @@ DEFAULT_TILE = 512
 
 def normalise(model: Model, image, extended: bool = False) -> np.ndarray:
     """The first layer's input: the checked ``(C, H, W)`` image normalised with the model's
-    statistics, in the model's dtype, followed by its input filters' outputs when the model has
-    them (its first ``C`` channels stay the normalised image). ``extended``: ``image`` is a region
+    statistics, in the model's dtype, followed by its input filters' outputs (standardised with
+    ``filter_mean``/``filter_std``) when the model has them; the first ``C`` channels stay the
+    normalised image. ``extended``: ``image`` is a region
     that holds the filters' context (:func:`~napari_mpf.engine.features.radius` pixels each side),
     which the result drops."""
     x = as_image(image, model.in_channels)
     dtype = model.dtype
     mean = model.norm_mean.astype(dtype)[:, None, None]
     std = model.norm_std.astype(dtype)[:, None, None]
-    return apply_filters((x.astype(dtype) - mean) / std, model.filters, extended)
+    x = apply_filters((x.astype(dtype) - mean) / std, model.filters, extended)
+    if model.filters:
+        c = model.in_channels
+        x[c:] -= model.filter_mean.astype(dtype)[:, None, None]
+        x[c:] /= model.filter_std.astype(dtype)[:, None, None]
+    return x
 
 
 @dataclass

@@ -13,6 +13,7 @@ from _cases import make_image, randomise
 from napari_mpf.engine import (
     InputError,
     Model,
+    ModelFileError,
     TrainConfig,
     load_model,
     predict_proba,
@@ -23,6 +24,7 @@ from napari_mpf.engine.chunked import predict_dask
 from napari_mpf.engine.dihedral import dihedral
 from napari_mpf.engine.features import FILTER_BANKS, apply_filters, check_filters, n_outputs, radius
 from napari_mpf.engine.network import mirror_indices
+from napari_mpf.engine.predict import normalise
 
 SMALL = {"smooth": [1.0, 2.5], "gradient": [1.0], "hessian": [1.5]}
 
@@ -89,6 +91,9 @@ def test_model_with_filters_trains_saves_and_loads(tmp_path):
     labels[3:12, 4:20], labels[25:38, 20:40] = 1, 2
     model = Model.for_data([image], [labels], spec="C3x3x4, MPF2x2, C3x3x4, FC6", filters=SMALL)
     assert model.weights[0].shape[1] == model.net_in_channels == 6
+    x = normalise(model, image)  # the first layer's input: every channel standardised on the training image
+    np.testing.assert_allclose(x.mean(axis=(1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(x.std(axis=(1, 2)), 1.0, atol=1e-3)
     train(model, [image], [labels], TrainConfig(steps=3, crop=None))
     path = save_model(model, tmp_path / "m.npz")
     with np.load(path) as data:
@@ -96,6 +101,7 @@ def test_model_with_filters_trains_saves_and_loads(tmp_path):
     assert header["version"] == 3 and header["filters"] == SMALL
     loaded = load_model(path)
     assert loaded.filters == SMALL
+    np.testing.assert_array_equal(loaded.filter_std, model.filter_std)
     np.testing.assert_array_equal(predict_proba(loaded, image), predict_proba(model, image))
     assert "input filters" in model.describe()
 
@@ -116,3 +122,14 @@ def test_chunked_prediction_with_filters_equals_whole_image(channels, shape, chu
 def test_banks_are_valid():
     for name in FILTER_BANKS:
         assert check_filters(name) == {k: [float(s) for s in v] for k, v in FILTER_BANKS[name].items()}
+
+
+def test_a_file_with_bad_filter_statistics_is_refused(tmp_path):
+    model = Model.create("C3x3x4, MPF2x2, C3x3x4, FC6", 1, 2, filters=SMALL)
+    path = save_model(model, tmp_path / "m.npz")
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["filter_std"] = arrays["filter_std"][:-1]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ModelFileError, match="filter_mean / filter_std"):
+        load_model(tmp_path / "bad.npz")
