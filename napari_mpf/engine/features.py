@@ -98,19 +98,24 @@ def apply_filters(x: np.ndarray, filters: dict | None, extended: bool = False) -
 
 def _channel_features(img: np.ndarray, filters: dict, inner) -> list[np.ndarray]:
     img = np.asarray(img, np.float64)
-    out = []
-    for s in filters["smooth"]:
-        out.append(_gauss(img, s)[inner])
+    smoothed: dict[float, np.ndarray] = {}  # one Gaussian per scale, shared by the three kinds
+
+    def gauss(sigma: float) -> np.ndarray:
+        if sigma not in smoothed:
+            smoothed[sigma] = ndi.gaussian_filter(img, sigma, mode="mirror", truncate=_TRUNCATE)
+        return smoothed[sigma]
+
+    out = [gauss(s)[inner] for s in filters["smooth"]]
     for s in filters["gradient"]:
         # central differences of the smoothed image: exactly zero on a constant
-        g = _gauss(img, s)
+        g = gauss(s)
         gy, gx = np.zeros_like(g), np.zeros_like(g)
         gy[1:-1] = (g[2:] - g[:-2]) / 2
         gx[:, 1:-1] = (g[:, 2:] - g[:, :-2]) / 2
         out.append(np.hypot(gy[inner], gx[inner]) * s)
     for s in filters["hessian"]:
         # second differences of the smoothed image: exactly zero on a constant or a linear ramp
-        g = _gauss(img, s)
+        g = gauss(s)
         a, b, c = np.zeros_like(g), np.zeros_like(g), np.zeros_like(g)
         a[1:-1] = g[2:] - 2 * g[1:-1] + g[:-2]
         c[:, 1:-1] = g[:, 2:] - 2 * g[:, 1:-1] + g[:, :-2]
@@ -119,7 +124,3 @@ def _channel_features(img: np.ndarray, filters: dict, inner) -> list[np.ndarray]
         mid, half = (a + c) / 2, np.sqrt(((a - c) / 2) ** 2 + b * b)
         out += [mid + half, mid - half]
     return out
-
-
-def _gauss(img: np.ndarray, sigma: float) -> np.ndarray:
-    return ndi.gaussian_filter(img, sigma, mode="mirror", truncate=_TRUNCATE)
