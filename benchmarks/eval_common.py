@@ -268,7 +268,8 @@ class Variant:
             bits = [str(p.get("spec") or p.get("preset")), p.get("activation"), p.get("optimizer"),
                     f"crop {p.get('crop')}"]
             bits += [f"{k}={p[k]}" for k in ("lr", "schedule", "augment", "balance", "downsample", "norm", "by_class",
-                                             "sp_branch", "sp_pool", "sp_compactness", "image_head", "refine", "tta", "ensemble")
+                                             "sp_branch", "sp_pool", "sp_compactness", "image_head", "refine", "tta", "ensemble",
+                                             "filters")
                      if k in p and p[k] != MPF_DEFAULTS.get(k)]
             return "mpf " + ", ".join(str(b) for b in bits)
         defaults = RF_DEFAULTS if self.kind == "rf" else {}
