@@ -123,8 +123,9 @@ def predict_tile_logits(model: Model, region: np.ndarray, tile: int = DEFAULT_TI
 
     ``region`` is ``(C, h + wh - 1, w + ww - 1)`` (or ``(h + wh - 1, w + ww - 1)`` for one channel)
     raw pixels: rows/columns ``[y0 - wh // 2, y1 + wh - 1 - wh // 2)`` of the mirror-extended image
-    for the outputs ``[y0, y1)`` (with input filters, :func:`halo` more on every side). Normalised with the model's statistics, then evaluated in tiles of
-    at most ``tile`` outputs (rounded to the pooling factor), as :func:`predict_logits` does.
+    for the outputs ``[y0, y1)``; with input filters, their context more on every side (see
+    :func:`halo`). Normalised with the model's statistics, then evaluated in tiles of at most
+    ``tile`` outputs (rounded to the pooling factor), as :func:`predict_logits` does.
     """
     x = normalise(model, region, extended=True)
     wh, ww = model.window

@@ -2,13 +2,15 @@
 its gradient magnitude and the two eigenvalues of its Hessian (edges, ridges and blobs) at several
 scales.
 
-A fixed filter bank gives the first layer context and curvature it would otherwise have to learn:
-on ISBI dense labels it lowered the pixel error of ``wide`` at equal steps (benchmarks/RESULTS_ACCURACY.md).
-The network still trains from the strokes alone; the bank has no parameters.
+A fixed filter bank gives the first layer context, edges and curvature it would otherwise have to
+learn: on ISBI membranes it lowered the pixel error at equal steps, on the magnetic tiles it raised
+it (benchmarks/RESULTS_ACCURACY.md). The network still trains from the strokes alone; the bank has
+no parameters.
 
-The filters are local (a Gaussian truncated at 4 sigma, then second differences), and the image is mirror-extended the same
-way as for the network's window (:func:`~napari_mpf.engine.network.mirror_indices`), so a region read
-with :func:`radius` extra pixels on every side gives the same features as the whole image.
+The filters are local (a Gaussian truncated at 4 sigma, then central or second differences), and
+the image is mirror-extended the same way as for the network's window
+(:func:`~napari_mpf.engine.network.mirror_indices`), so a region read with :func:`radius` extra
+pixels on every side gives the same features as the whole image.
 """
 
 from __future__ import annotations

@@ -176,7 +176,8 @@ def _model_from(header: dict, arrays: dict) -> Model:
         filter_mean = arrays["filter_mean"].astype(np.float32)
         filter_std = arrays["filter_std"].astype(np.float32)
         n_extra = int(header["in_channels"]) * (n_outputs(filters) - 1)
-        if filter_mean.shape != (n_extra,) or filter_std.shape != (n_extra,) or np.any(filter_std <= 0):
+        if (filter_mean.shape != (n_extra,) or filter_std.shape != (n_extra,) or not np.all(filter_std > 0)
+                or not np.isfinite(filter_mean).all() or not np.isfinite(filter_std).all()):
             raise ValueError("bad filter_mean / filter_std arrays")
     names = [str(s) for s in header["class_names"]]
     if len(names) != spec.n_classes or spec.n_classes != int(header["n_classes"]):
