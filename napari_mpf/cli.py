@@ -108,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "fast (24x24, about twice as fast), steel or n3")
     g.add_argument("--spec", metavar="TEXT", help="network in the papers' notation, e.g. 'C5x5x8, MPF2x2, C3x3x8, FC32'")
     t.add_argument("--activation", choices=("tanh", "relu"), default="tanh")
-    t.add_argument("--filters", choices=("none", "multiscale", "derivatives"), default="none",
+    t.add_argument("--filters", choices=("none", "multiscale"), default="none",
                    help="input filters ahead of the network: 'multiscale' adds each channel smoothed, its gradient magnitude "
-                        "(sigma 1-16) and its Hessian eigenvalues (sigma 1-8); 'derivatives' the same without the smoothings; "
-                        "fixed, no parameters (default none)")
+                        "(sigma 1-16) and its Hessian eigenvalues (sigma 1-8); fixed, no parameters. Helped on EM "
+                        "membranes, hurt on defect images (default none)")
     t.add_argument("--optimizer", choices=("adam", "sgd", "armijo", "lbfgs"), default="adam")
     t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: the optimizer's, a third of it for Adam/SGD on nets with 3+ pooling stages)")
     t.add_argument("--steps", type=_positive_int, default=200, help="training steps (one image each; default 200)")

@@ -237,7 +237,7 @@ def test_a_filters_row_trains_a_model_with_input_filters():
     rng = np.random.default_rng(2)
     images = [rng.normal(size=(24, 24)).astype(np.float32)]
     labels = [rng.integers(0, 3, size=(24, 24)).astype(np.uint8)]
-    (row,) = ec.parse_variants(["f:steps=2,budget=0,crop=none,filters=derivatives"], ec.MPF_DEFAULTS)
+    (row,) = ec.parse_variants(["f:steps=2,budget=0,crop=none,filters=multiscale"], ec.MPF_DEFAULTS)
     fitted = ec.run_method(row, images, labels, log=lambda *_: None)
-    assert "input filters (gradient" in fitted.info["model"] and "filters=derivatives" in row.describe()
+    assert "input filters (smooth" in fitted.info["model"] and "filters=multiscale" in row.describe()
     assert fitted.predict(images[0]).shape == (24, 24)

@@ -30,8 +30,6 @@ _KINDS = ("smooth", "gradient", "hessian")
 FILTER_BANKS: dict[str, dict[str, list[float]]] = {
     "multiscale": {"smooth": [1.0, 2.0, 4.0, 8.0, 16.0], "gradient": [1.0, 2.0, 4.0, 8.0, 16.0],
                    "hessian": [1.0, 2.0, 4.0, 8.0]},
-    # edges and curvatures only: blind to the brightness of large areas (light differs between shots)
-    "derivatives": {"gradient": [1.0, 2.0, 4.0, 8.0, 16.0], "hessian": [1.0, 2.0, 4.0, 8.0]},
 }
 
 
