@@ -24,7 +24,7 @@ from .._layer_style import (
 )
 from ..engine import InputError, Model, SpecError, parse_spec, segment
 from ..engine.chunked import CountSettings, ZarrPrediction
-from ..engine.features import check_filters
+from ..engine.features import FILTER_BANKS, check_filters
 from ..engine.objects import ObjectCounts, count_objects
 from ..engine.predict import predict, predict_proba, refine_with_superpixels
 
@@ -55,8 +55,6 @@ def heads_text(model: Model) -> str:
 
 def filters_name(filters: dict | None) -> str:
     """The name of a named input filter bank ('none' without filters, 'custom' for another bank)."""
-    from ..engine.features import FILTER_BANKS
-
     if not filters:
         return "none"
     return next((name for name in FILTER_BANKS if check_filters(name) == filters), "custom")
