@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dihedral import dihedral
+from .elastic import elastic_deform
 from .heads import has_heads
 from .inputs import InputError, check_training_pairs
 from .loss import Batch, batch_loss, crop_box, make_batch
@@ -39,7 +40,9 @@ class TrainConfig:
     ``crop``: when the painted pixels spread over more than ``crop`` x ``crop`` pixels, each step
     trains on a random box of that size around a painted pixel (much faster steps on large images;
     ``None`` = always the whole box of painted pixels). ``crop_by_class``: the crop's painted pixel
-    is drawn class first, so rare classes are seen as often as common ones.
+    is drawn class first, so rare classes are seen as often as common ones. ``elastic``: when above
+    0, every batch is elastically deformed (:mod:`~napari_mpf.engine.elastic`) by smooth random
+    displacements with this standard deviation in pixels (0 = off).
     """
 
     steps: int = 200
@@ -54,6 +57,7 @@ class TrainConfig:
     preview_index: int = 0
     crop: int | None = 256
     crop_by_class: bool = False
+    elastic: float = 0.0
 
     def check(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -64,6 +68,8 @@ class TrainConfig:
             raise InputError(f"the learning rate must be a positive number, got {self.lr}")
         if self.crop is not None and int(self.crop) < 8:
             raise InputError(f"crop must be at least 8 pixels (or None), got {self.crop}")
+        if not (self.elastic >= 0 and math.isfinite(self.elastic)):
+            raise InputError(f"elastic must be a number of pixels >= 0, got {self.elastic}")
         if self.balance not in (True, False, "global"):
             raise InputError(f"balance must be True, False or 'global', got {self.balance!r}")
         if self.schedule not in ("cosine", "constant"):
@@ -151,6 +157,7 @@ class Trainer:
         provenance.update(
             optimizer=cfg.optimizer, lr=base_lr, schedule=cfg.schedule, augment=cfg.augment,
             balance=cfg.balance, seed=cfg.seed, crop=cfg.crop, crop_by_class=cfg.crop_by_class,
+            elastic=float(cfg.elastic),
         )
         for step in range(1, int(cfg.steps) + 1):
             if not order:
@@ -175,6 +182,8 @@ class Trainer:
             target = None if self.image_targets is None else self.image_targets[index]
             batch = make_batch(model, np.ascontiguousarray(x), lab, box,
                                None if segments is None else np.ascontiguousarray(segments), target)
+            if cfg.elastic > 0:
+                batch = elastic_deform(batch, model.window, float(cfg.elastic), rng)
             lr = base_lr * _schedule(cfg.schedule, step, int(cfg.steps))
             loss = self._step(opt, theta, batch, lr, workspace)
             if math.isfinite(loss):

@@ -1,0 +1,59 @@
+"""Elastic deformation of a training batch (Simard et al. 2003; the U-Net recipe for ISBI 2012).
+
+A smooth random displacement field, cubic spline interpolated from a coarse grid of Gaussian
+vectors, moves every pixel of the batch's padded input (bilinear) and of its labels (nearest),
+so that the network sees plausible new shapes of the same structures. The labels are moved with
+the displacement of their own input pixel, so each stays with the pixel it was painted on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .loss import Batch
+from .superpixels import relabel
+
+__all__ = ["GRID_SPACING", "elastic_deform", "displacement_field"]
+
+#: Spacing (pixels) of the coarse grid of random displacement vectors.
+GRID_SPACING = 64
+
+
+def displacement_field(shape: tuple[int, int], strength: float, rng: np.random.Generator,
+                       spacing: int = GRID_SPACING) -> np.ndarray:
+    """Displacements ``(2, H, W)`` (rows, columns): Gaussian vectors with standard deviation
+    ``strength`` pixels on a grid of ``spacing`` pixels, cubic spline interpolated in between."""
+    h, w = shape
+    gh, gw = -(-h // spacing) + 1, -(-w // spacing) + 1
+    coarse = rng.normal(0.0, strength, size=(2, gh, gw))
+    # the coarse grid's first and last nodes sit on the field's first and last pixels
+    rows = np.linspace(0, gh - 1, h)
+    cols = np.linspace(0, gw - 1, w)
+    grid = np.stack(np.meshgrid(rows, cols, indexing="ij"))
+    return np.stack([ndimage.map_coordinates(c, grid, order=3, mode="nearest") for c in coarse])
+
+
+def elastic_deform(batch: Batch, window: tuple[int, int], strength: float, rng: np.random.Generator) -> Batch:
+    """A new :class:`Batch` whose input, labels (and superpixels) are moved by one random smooth
+    field of about ``strength`` pixels. Input pixels that come from outside the box are mirrored
+    in; labels that come from outside it are unpainted (0)."""
+    c, ph, pw = batch.padded.shape
+    oh, ow = batch.labels.shape
+    cy, cx = window[0] // 2, window[1] // 2
+    field = displacement_field((ph, pw), strength, rng)
+    coords = np.mgrid[0:ph, 0:pw].astype(np.float64) + field
+    padded = np.empty_like(batch.padded)
+    for k in range(c):
+        ndimage.map_coordinates(batch.padded[k], coords, output=padded[k], order=1, mode="mirror")
+    # the output pixel (i, j) is input pixel (i + cy, j + cx): it takes the label where that pixel came from
+    src = np.rint(coords[:, cy : cy + oh, cx : cx + ow] - np.array([cy, cx])[:, None, None]).astype(np.intp)
+    inside = (src[0] >= 0) & (src[0] < oh) & (src[1] >= 0) & (src[1] < ow)
+    sy, sx = np.where(inside, src[0], 0), np.where(inside, src[1], 0)
+    labels = np.where(inside, batch.labels[sy, sx], 0).astype(np.int32)
+    out = Batch(padded, labels, valid=(oh, ow) if batch.valid is None else batch.valid,
+                image_target=batch.image_target)
+    if batch.segments is not None:
+        segments = np.where(inside, batch.segments[sy, sx], -1)
+        out.segments, out.n_segments = relabel(segments)
+    return out
