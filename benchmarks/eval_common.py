@@ -440,7 +440,7 @@ def _train_mpf(images, labels, p: dict, log, image_labels):
     cfg = dict(optimizer=p.get("optimizer", "adam"), lr=p.get("lr"), schedule=p.get("schedule", "cosine"),
                augment=bool(p.get("augment", True)), balance=p["balance"] if p.get("balance") == "global" else bool(p.get("balance", True)),
                crop=p.get("crop", 256), seed=int(p.get("seed", 0)), crop_by_class=bool(p.get("by_class", False)),
-               elastic=float(p.get("elastic") or 0))
+               elastic=float(p.get("elastic") or 0), intensity=float(p.get("intensity") or 0))
     steps = p.get("steps")
     adaptive = steps is None and budget is not None
     if steps is None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .augment import elastic_deform, intensity_jitter
 from .dihedral import dihedral
-from .elastic import elastic_deform
 from .heads import has_heads
 from .inputs import InputError, check_training_pairs
 from .loss import Batch, batch_loss, crop_box, make_batch
@@ -41,8 +41,10 @@ class TrainConfig:
     trains on a random box of that size around a painted pixel (much faster steps on large images;
     ``None`` = always the whole box of painted pixels). ``crop_by_class``: the crop's painted pixel
     is drawn class first, so rare classes are seen as often as common ones. ``elastic``: when above
-    0, every batch is elastically deformed (:mod:`~napari_mpf.engine.elastic`) by smooth random
-    displacements with this standard deviation in pixels (0 = off).
+    0, every batch is elastically deformed (:mod:`~napari_mpf.engine.augment`) by smooth random
+    displacements with this standard deviation in pixels (0 = off). ``intensity``: when above 0,
+    every batch's contrast and brightness change at random by up to this much
+    (:func:`~napari_mpf.engine.augment.intensity_jitter`; 0 = off).
     """
 
     steps: int = 200
@@ -58,6 +60,7 @@ class TrainConfig:
     crop: int | None = 256
     crop_by_class: bool = False
     elastic: float = 0.0
+    intensity: float = 0.0
 
     def check(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -70,6 +73,8 @@ class TrainConfig:
             raise InputError(f"crop must be at least 8 pixels (or None), got {self.crop}")
         if not (self.elastic >= 0 and math.isfinite(self.elastic)):
             raise InputError(f"elastic must be a number of pixels >= 0, got {self.elastic}")
+        if not (0 <= self.intensity <= 2):
+            raise InputError(f"intensity must be between 0 and 2, got {self.intensity}")
         if self.balance not in (True, False, "global"):
             raise InputError(f"balance must be True, False or 'global', got {self.balance!r}")
         if self.schedule not in ("cosine", "constant"):
@@ -157,7 +162,7 @@ class Trainer:
         provenance.update(
             optimizer=cfg.optimizer, lr=base_lr, schedule=cfg.schedule, augment=cfg.augment,
             balance=cfg.balance, seed=cfg.seed, crop=cfg.crop, crop_by_class=cfg.crop_by_class,
-            elastic=float(cfg.elastic),
+            elastic=float(cfg.elastic), intensity=float(cfg.intensity),
         )
         for step in range(1, int(cfg.steps) + 1):
             if not order:
@@ -184,6 +189,8 @@ class Trainer:
                                None if segments is None else np.ascontiguousarray(segments), target)
             if cfg.elastic > 0:
                 batch = elastic_deform(batch, model.window, float(cfg.elastic), rng)
+            if cfg.intensity > 0:
+                batch = intensity_jitter(batch, model, float(cfg.intensity), rng)
             lr = base_lr * _schedule(cfg.schedule, step, int(cfg.steps))
             loss = self._step(opt, theta, batch, lr, workspace)
             if math.isfinite(loss):

@@ -1,9 +1,13 @@
-"""Elastic deformation of a training batch (Simard et al. 2003; the U-Net recipe for ISBI 2012).
+"""Random changes of a training batch beyond the rotations and flips.
 
-A smooth random displacement field, cubic spline interpolated from a coarse grid of Gaussian
+- **Elastic deformation** (Simard et al. 2003; the U-Net recipe for ISBI 2012): a smooth random displacement field, cubic spline interpolated from a coarse grid of Gaussian
 vectors, moves every pixel of the batch's padded input (bilinear) and of its labels (nearest),
 so that the network sees plausible new shapes of the same structures. The labels are moved with
 the displacement of their own input pixel, so each stays with the pixel it was painted on.
+- **Intensity jitter**: the normalised image's contrast and brightness change at random
+  (``a * x + b``), and its input filters' outputs change exactly as filtering the changed image
+  would change them (smoothings follow ``a * s + b``, derivatives ``a * d``), computed from the
+  filters already applied.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .features import offset_follows
 from .loss import Batch
+from .model import Model
 from .superpixels import relabel
 
-__all__ = ["GRID_SPACING", "elastic_deform", "displacement_field"]
+__all__ = ["GRID_SPACING", "elastic_deform", "displacement_field", "intensity_jitter"]
 
 #: Spacing (pixels) of the coarse grid of random displacement vectors.
 GRID_SPACING = 64
@@ -57,3 +63,22 @@ def elastic_deform(batch: Batch, window: tuple[int, int], strength: float, rng: 
         segments = np.where(inside, batch.segments[sy, sx], -1)
         out.segments, out.n_segments = relabel(segments)
     return out
+
+
+def intensity_jitter(batch: Batch, model: Model, amount: float, rng: np.random.Generator) -> Batch:
+    """A new :class:`Batch` whose normalised image is ``a * x + b``, with ``log a`` and ``b`` drawn
+    uniformly from ``[-amount, amount]`` (``b`` in units of the image's standard deviation), and
+    its standardised filter outputs changed to match."""
+    a = float(np.exp(rng.uniform(-amount, amount)))
+    b = float(rng.uniform(-amount, amount))
+    c = model.in_channels
+    scale = np.full(batch.padded.shape[0], a)
+    shift = np.full(batch.padded.shape[0], b)
+    if model.filters:
+        follows = np.asarray(offset_follows(model.filters, c), bool)
+        mean, std = np.asarray(model.filter_mean, np.float64), np.asarray(model.filter_std, np.float64)
+        # z = (f - m) / s and f -> a f + b [smoothings] give z -> a z + ((a - 1) m + b [smoothings]) / s
+        shift[c:] = ((a - 1) * mean + b * follows) / std
+    padded = batch.padded * scale[:, None, None].astype(batch.padded.dtype)
+    padded += shift[:, None, None].astype(batch.padded.dtype)
+    return Batch(padded, batch.labels, batch.segments, batch.n_segments, batch.valid, batch.image_target)

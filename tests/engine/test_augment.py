@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_mpf.engine import InputError, Model, TrainConfig, Trainer
-from napari_mpf.engine.elastic import displacement_field, elastic_deform
+from napari_mpf.engine.augment import displacement_field, elastic_deform
 from napari_mpf.engine.loss import Batch
 from napari_mpf.engine.synthetic import two_texture_sample
 
@@ -74,3 +74,25 @@ def test_training_with_elastic_deformation_learns_and_refuses_bad_strengths():
     for bad in (-1.0, float("nan")):
         with pytest.raises(InputError, match="elastic"):
             Trainer(model, [sample.image], [sample.strokes], TrainConfig(elastic=bad))
+
+
+def test_intensity_jitter_equals_filtering_the_changed_image():
+    from napari_mpf.engine.augment import intensity_jitter
+    from napari_mpf.engine.loss import make_batch
+    from napari_mpf.engine.predict import normalise
+
+    sample = two_texture_sample((64, 64), seed=3)
+    model = Model.for_data([sample.image], [sample.strokes], spec="C3x3x4, MPF2x2, C3x3x6, FC8", seed=0,
+                           filters="multiscale").astype(np.float64)
+    batch = make_batch(model, normalise(model, sample.image), sample.strokes)
+    jittered = intensity_jitter(batch, model, 0.3, np.random.default_rng(5))
+    draw = np.random.default_rng(5)
+    a, b = np.exp(draw.uniform(-0.3, 0.3)), draw.uniform(-0.3, 0.3)
+    assert abs(np.log(a)) > 0.01 and abs(b) > 0.01
+    mean, std = float(model.norm_mean[0]), float(model.norm_std[0])
+    changed = std * (a * (sample.image - mean) / std + b) + mean
+    expected = make_batch(model, normalise(model, changed), sample.strokes)
+    np.testing.assert_allclose(jittered.padded, expected.padded, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(jittered.labels, batch.labels)
+    with pytest.raises(InputError, match="intensity"):
+        Trainer(model, [sample.image], [sample.strokes], TrainConfig(intensity=-0.1))
