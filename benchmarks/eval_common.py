@@ -269,7 +269,7 @@ class Variant:
                     f"crop {p.get('crop')}"]
             bits += [f"{k}={p[k]}" for k in ("lr", "schedule", "augment", "balance", "downsample", "norm", "by_class",
                                              "sp_branch", "sp_pool", "sp_compactness", "image_head", "refine", "tta", "ensemble",
-                                             "filters")
+                                             "filters", "elastic", "intensity")
                      if k in p and p[k] != MPF_DEFAULTS.get(k)]
             return "mpf " + ", ".join(str(b) for b in bits)
         defaults = RF_DEFAULTS if self.kind == "rf" else {}
@@ -371,7 +371,9 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     ``sp_compactness``), ``image_head=WEIGHT`` (image-level head, trained on ``image_labels`` when
     given, else on labels read from the strokes), ``refine=SIZE`` (superpixel post-processing, V1),
     ``by_class=true`` (crop centres drawn class first), ``filters=multiscale`` (input filter bank,
-    ``napari_mpf.engine.features``). ``tta=true``: test-time augmentation (mean
+    ``napari_mpf.engine.features``), ``elastic=PIXELS`` and ``intensity=AMOUNT`` (random elastic
+    deformation and contrast/brightness jitter of every training batch,
+    ``napari_mpf.engine.augment``). ``tta=true``: test-time augmentation (mean
     over the 8 rotations and flips). ``ensemble=N``: N networks with seeds ``seed .. seed + N - 1``
     (each trained with the row's steps or budget), probabilities averaged. Rows that differ only
     in ``refine``/``tta`` train once.

@@ -241,3 +241,13 @@ def test_a_filters_row_trains_a_model_with_input_filters():
     fitted = ec.run_method(row, images, labels, log=lambda *_: None)
     assert "input filters (smooth" in fitted.info["model"] and "filters=multiscale" in row.describe()
     assert fitted.predict(images[0]).shape == (24, 24)
+
+
+def test_augmentation_rows_train_with_elastic_and_intensity_changes():
+    rng = np.random.default_rng(3)
+    images = [rng.normal(size=(24, 24)).astype(np.float32)]
+    labels = [rng.integers(0, 3, size=(24, 24)).astype(np.uint8)]
+    (row,) = ec.parse_variants(["a:steps=2,budget=0,crop=none,elastic=2,intensity=0.2"], ec.MPF_DEFAULTS)
+    assert "elastic=2" in row.describe() and "intensity=0.2" in row.describe()
+    fitted = ec.run_method(row, images, labels, log=lambda *_: None)
+    assert np.isfinite(fitted.predict(images[0])).all()
