@@ -378,11 +378,10 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     (each trained with the row's steps or budget), probabilities averaged. Rows that differ only
     in ``refine``/``tta`` train once.
 
-    Without ``steps`` the run is fitted to the budget: the trainer starts with a huge step count,
-    and after every step the planned total ``trainer.config.steps`` (which the engine's cosine
-    schedule reads at each step) is re-estimated from the recent step times and the time left, so
-    the learning rate reaches the end of its schedule when the budget runs out, even when the
-    machine's load changes during the run.
+    Without ``steps`` the run is fitted to the budget (``TrainConfig.seconds``: after every step
+    the engine re-estimates the planned step count, which its cosine schedule reads, from the
+    recent step times and the time left), so the learning rate reaches the end of its schedule
+    when the budget runs out, even when the machine's load changes during the run.
     """
     from napari_mpf.engine.predict import predict as engine_predict
     from napari_mpf.engine.predict import predict_proba, refine_with_superpixels
@@ -447,29 +446,21 @@ def _train_mpf(images, labels, p: dict, log, image_labels):
     adaptive = steps is None and budget is not None
     if steps is None:
         steps = 1_000_000 if adaptive else 200
+    if adaptive:  # the engine fits the schedule to the time left of the budget
+        cfg["seconds"] = max(budget - (time.perf_counter() - t0), 1e-3)
     trainer = Trainer(model, images, labels, TrainConfig(steps=int(steps), **cfg),
                       image_labels=image_labels if model.image_head is not None else None)
-    max_steps = int(steps)
-    losses, stamps, done = [], [], 0
+    losses, done, planned = [], 0, int(steps)
     for prog in trainer.run():
         losses.append(prog.loss)
         now = time.perf_counter()
-        stamps.append(now)
-        done = prog.step
+        done, planned = prog.step, prog.n_steps
         if prog.step % 50 == 0:
-            log(f"    step {prog.step}/{trainer.config.steps} loss {np.nanmean(losses[-50:]):.4f} {now - t0:.0f}s")
-        if adaptive:
-            if prog.step >= trainer.config.steps:
-                break
-            recent = stamps[3:][-50:]  # the first steps may include JIT compilation
-            rate = (recent[-1] - recent[0]) / (len(recent) - 1) if len(recent) > 3 else None
-            if rate:
-                left = budget - (now - t0)
-                trainer.config.steps = int(min(max_steps, max(prog.step + 1, prog.step + left / rate)))
+            log(f"    step {prog.step}/{prog.n_steps} loss {np.nanmean(losses[-50:]):.4f} {now - t0:.0f}s")
         if budget is not None and now - t0 > budget:
             break
     seconds = time.perf_counter() - t0
-    info = dict(steps_planned=int(trainer.config.steps), steps_done=done, final_loss=float(np.nanmean(losses[-50:])),
+    info = dict(steps_planned=int(planned), steps_done=done, final_loss=float(np.nanmean(losses[-50:])),
                 model=model.describe())
     return model, seconds, info
 

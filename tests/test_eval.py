@@ -251,3 +251,16 @@ def test_augmentation_rows_train_with_elastic_and_intensity_changes():
     assert "elastic=2" in row.describe() and "intensity=0.2" in row.describe()
     fitted = ec.run_method(row, images, labels, log=lambda *_: None)
     assert np.isfinite(fitted.predict(images[0])).all()
+
+
+def test_a_budget_row_fits_its_schedule_to_the_budget():
+    rng = np.random.default_rng(4)
+    images = [rng.normal(size=(24, 24)).astype(np.float32)]
+    labels = [rng.integers(0, 3, size=(24, 24)).astype(np.uint8)]
+    warm = ec.parse_variants(["w:steps=1,budget=0,crop=none,preset=fast"], ec.MPF_DEFAULTS)[0]
+    ec.run_method(warm, images, labels, log=lambda *_: None)  # compile first
+    (row,) = ec.parse_variants(["b:budget=1.5,crop=none,preset=fast"], ec.MPF_DEFAULTS)
+    row.params.pop("steps", None)
+    fitted = ec.run_method(row, images, labels, log=lambda *_: None)
+    assert fitted.info["steps_done"] == fitted.info["steps_planned"] > 10
+    assert 1.0 <= fitted.train_seconds < 10.0

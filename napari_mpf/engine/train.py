@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,10 @@ class TrainConfig:
     displacements with this standard deviation in pixels (0 = off). ``intensity``: when above 0,
     every batch's contrast and brightness change at random by up to this much
     (:func:`~napari_mpf.engine.augment.intensity_jitter`; 0 = off).
+    ``seconds``: train for about this long instead: ``steps`` is then only a cap, and after every
+    step the planned step count (which the learning-rate schedule reads, and :class:`Progress`
+    reports) is re-estimated from the recent step times and the time left, so the schedule ends
+    when the time does, even if the machine's load changes (``None`` = a fixed number of steps).
     """
 
     steps: int = 200
@@ -61,6 +66,7 @@ class TrainConfig:
     crop_by_class: bool = False
     elastic: float = 0.0
     intensity: float = 0.0
+    seconds: float | None = None
 
     def check(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -73,6 +79,8 @@ class TrainConfig:
             raise InputError(f"crop must be at least 8 pixels (or None), got {self.crop}")
         if not (self.elastic >= 0 and math.isfinite(self.elastic)):
             raise InputError(f"elastic must be a number of pixels >= 0, got {self.elastic}")
+        if self.seconds is not None and not (self.seconds > 0 and math.isfinite(self.seconds)):
+            raise InputError(f"seconds must be a positive number of seconds (or None), got {self.seconds}")
         if not (0 <= self.intensity <= 2):
             raise InputError(f"intensity must be between 0 and 2, got {self.intensity}")
         if self.balance not in (True, False, "global"):
@@ -162,9 +170,12 @@ class Trainer:
         provenance.update(
             optimizer=cfg.optimizer, lr=base_lr, schedule=cfg.schedule, augment=cfg.augment,
             balance=cfg.balance, seed=cfg.seed, crop=cfg.crop, crop_by_class=cfg.crop_by_class,
-            elastic=float(cfg.elastic), intensity=float(cfg.intensity),
+            elastic=float(cfg.elastic), intensity=float(cfg.intensity), seconds=cfg.seconds,
         )
-        for step in range(1, int(cfg.steps) + 1):
+        planner = _StepPlanner(int(cfg.steps), cfg.seconds, start)
+        step = 0
+        while step < planner.planned:
+            step += 1
             if not order:
                 order = list(rng.permutation(usable))
             index = int(order.pop())
@@ -191,7 +202,7 @@ class Trainer:
                 batch = elastic_deform(batch, model.window, float(cfg.elastic), rng)
             if cfg.intensity > 0:
                 batch = intensity_jitter(batch, model, float(cfg.intensity), rng)
-            lr = base_lr * _schedule(cfg.schedule, step, int(cfg.steps))
+            lr = base_lr * _schedule(cfg.schedule, step, planner.planned)
             loss = self._step(opt, theta, batch, lr, workspace)
             if math.isfinite(loss):
                 good[:] = theta
@@ -201,11 +212,12 @@ class Trainer:
             provenance["steps"] = int(provenance["steps"]) + 1
             self.last_loss = loss
             probs = None
-            due = cfg.preview_every and (step % cfg.preview_every == 0 or step == cfg.steps)
+            planner.update(step)
+            due = cfg.preview_every and (step % cfg.preview_every == 0 or step >= planner.planned)
             if due or self._preview_requested:
                 self._preview_requested = False
                 probs = self.preview()
-            yield Progress(step, int(cfg.steps), loss, time.perf_counter() - start, lr, index, probs)
+            yield Progress(step, planner.planned, loss, time.perf_counter() - start, lr, index, probs)
         provenance["final_loss"] = self.last_loss
         return model
 
@@ -291,6 +303,32 @@ class Trainer:
         if not np.isfinite(theta).all():
             return float("nan")
         return loss
+
+
+class _StepPlanner:
+    """The planned number of steps: fixed, or fitted to a time budget from the recent step times
+    (the first steps, which may include Numba's compilation, are not counted)."""
+
+    SKIP, WINDOW = 3, 50
+
+    def __init__(self, max_steps: int, seconds: float | None, start: float) -> None:
+        self.max_steps, self.seconds, self.start = max_steps, seconds, start
+        self.planned = max_steps
+        self.stamps: deque[float] = deque(maxlen=self.WINDOW + 1)
+
+    def update(self, step: int) -> None:
+        if self.seconds is None:
+            return
+        now = time.perf_counter()
+        left = self.seconds - (now - self.start)
+        if left <= 0:
+            self.planned = step
+            return
+        if step > self.SKIP:
+            self.stamps.append(now)
+        if len(self.stamps) > 3:
+            per_step = (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1)
+            self.planned = int(min(self.max_steps, max(step + 1, step + left / per_step)))
 
 
 def _schedule(kind: str, step: int, steps: int) -> float:

@@ -210,3 +210,23 @@ def test_default_learning_rate_is_smaller_for_deep_networks():
         model = Model.for_data(images, labels, spec=spec)
         progress = next(Trainer(model, images, labels, TrainConfig(steps=2, schedule="constant")).run())
         assert progress.lr == pytest.approx(expected)
+
+
+def test_a_time_budget_fits_the_schedule_to_the_time(sample):
+    """With ``seconds`` the run ends near the budget with its schedule completed (the last step at
+    the schedule's final rate), whatever the step cap."""
+    model = Model.for_data([sample.image], [sample.strokes], spec=TINY, seed=0)
+    fit(model, [sample.image], [sample.strokes], TrainConfig(steps=1))  # compiles the kernels first
+    config = TrainConfig(steps=10**6, seconds=1.5, seed=0, lr=0.01)
+    progress = list(Trainer(model, [sample.image], [sample.strokes], config).run())
+    last = progress[-1]
+    assert 10 < last.step < 10**6
+    assert last.step == last.n_steps
+    assert 1.5 <= last.elapsed < 10.0
+    assert last.lr == pytest.approx(0.01 * 0.1, rel=0.05)  # the cosine decay reached its end
+    assert model.provenance["seconds"] == 1.5
+    capped = list(Trainer(model, [sample.image], [sample.strokes], TrainConfig(steps=5, seconds=30.0)).run())
+    assert capped[-1].step == 5
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(InputError, match="seconds"):
+            Trainer(model, [sample.image], [sample.strokes], TrainConfig(seconds=bad))
