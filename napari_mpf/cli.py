@@ -114,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "membranes, hurt on defect images (default none)")
     t.add_argument("--optimizer", choices=("adam", "sgd", "armijo", "lbfgs"), default="adam")
     t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: the optimizer's, a third of it for Adam/SGD on nets with 3+ pooling stages)")
-    t.add_argument("--steps", type=_positive_int, default=200, help="training steps (one image each; default 200)")
+    t.add_argument("--steps", type=_positive_int, default=None, help="training steps (one image each; default 200, or no cap with --seconds)")
+    t.add_argument("--seconds", type=_positive_float, default=None, metavar="S",
+                   help="train for about S seconds instead: the learning-rate schedule is fitted to the time, "
+                        "and --steps (if given) caps the steps")
     t.add_argument("--no-augment", action="store_true", help="no random flips and rotations")
     t.add_argument("--no-balance", action="store_true", help="plain loss instead of the class-balanced one")
     t.add_argument("--seed", type=int, default=0, help="seed for weights, augmentation and --sample-labels (default 0)")
@@ -284,6 +287,9 @@ def _run_training(trainer, steps: int, quiet: bool, seconds: float | None = None
                     break
                 last = progress
                 step = int(getattr(progress, "step", bar.n + 1))
+                planned = int(getattr(progress, "n_steps", steps))
+                if planned != bar.total and planned < _NO_STEP_CAP:  # a time budget re-plans the steps as it goes
+                    bar.total = planned
                 bar.update(max(step - bar.n, 0))
                 bar.set_postfix(loss=f"{float(progress.loss):.4f}", refresh=False)
                 if start is None:
@@ -377,7 +383,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _add_heads(model, args)
     image_labels = _read_image_labels(args.image_labels, len(images), model) if args.image_labels else None
     config = TrainConfig(
-        steps=args.steps,
+        steps=_train_steps(args),
+        seconds=args.seconds,
         optimizer=args.optimizer,
         lr=args.lr,
         augment=not args.no_augment,
@@ -500,12 +507,23 @@ def _read_image_labels(path: str, n_images: int, model, order: str = "in the ord
     return out
 
 
+_NO_STEP_CAP = 10**9
+
+
+def _train_steps(args: argparse.Namespace) -> int:
+    """--steps, or its default: 200, or no practical cap when --seconds sets the length."""
+    if args.steps is not None:
+        return args.steps
+    return _NO_STEP_CAP if args.seconds is not None else 200
+
+
 def _train_and_save(trainer, args: argparse.Namespace, out: Path, provenance: dict) -> int:
     """Drain the training generator with a progress bar, save the model, report."""
     from .engine import save_model
 
     t0 = time.perf_counter()
-    model, last, done, interrupted, _ = _run_training(trainer, trainer.config.steps, args.quiet)
+    steps = trainer.config.steps
+    model, last, done, interrupted, _ = _run_training(trainer, None if steps >= _NO_STEP_CAP else steps, args.quiet)
     elapsed = time.perf_counter() - t0
     model.provenance["cli"] = {"command": "train", **provenance, "steps_done": done, "interrupted": interrupted}
     save_model(model, out)
@@ -542,8 +560,9 @@ def _train_pairs(args: argparse.Namespace, out: Path) -> int:
     _add_heads(model, args)
     image_labels = (_read_image_labels(args.image_labels, len(dataset), model, "in the order of the pairs (sorted by name)")
                     if args.image_labels else None)
-    config = TrainConfig(steps=args.steps, optimizer=args.optimizer, lr=args.lr, augment=not args.no_augment,
-                         balance=not args.no_balance, seed=args.seed, crop_by_class=args.crop_by_class)
+    config = TrainConfig(steps=_train_steps(args), seconds=args.seconds, optimizer=args.optimizer, lr=args.lr,
+                         augment=not args.no_augment, balance=not args.no_balance, seed=args.seed,
+                         crop_by_class=args.crop_by_class)
     _print_network(model)
     print(f"data: {len(dataset)} pair(s) in {args.pairs}, streamed one per step")
     trainer = Trainer(model, dataset, None, config, image_labels=image_labels)

@@ -463,3 +463,20 @@ def test_train_with_input_filters_info_and_predict(data, capsys):
     assert code == 0, err
     want = predict_proba(model, tifffile.imread(data / "img.tif"))
     np.testing.assert_allclose(np.load(data / "filters.npy"), want, atol=1e-6)
+
+
+def test_train_for_a_number_of_seconds(data, capsys):
+    code, out, err = run(capsys, "train", "--image", data / "img.tif", "--labels", data / "strokes.tif", "--spec", TINY,
+                         "--seconds", "1.5", "-q", "--out", data / "timed.npz")
+    assert code == 0, err
+    model = load_model(data / "timed.npz")
+    assert model.provenance["seconds"] == 1.5
+    done = model.provenance["cli"]["steps_done"]
+    assert done > 3 and f"trained {done} step(s)" in out
+    code, _, err = run(capsys, "train", "--image", data / "img.tif", "--labels", data / "strokes.tif", "--spec", TINY,
+                       "--seconds", "30", "--steps", "4", "-q", "--out", data / "capped.npz")
+    assert code == 0 and load_model(data / "capped.npz").provenance["cli"]["steps_done"] == 4
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--image", str(data / "img.tif"), "--labels", str(data / "strokes.tif"), "--spec", TINY,
+                  "--seconds", "-2", "-q", "--out", str(data / "bad.npz")])
+    assert exc.value.code == 2 and "positive" in capsys.readouterr().err and not (data / "bad.npz").exists()
