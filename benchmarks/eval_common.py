@@ -457,7 +457,7 @@ def _train_mpf(images, labels, p: dict, log, image_labels):
         done, planned = prog.step, prog.n_steps
         if prog.step % 50 == 0:
             log(f"    step {prog.step}/{prog.n_steps} loss {np.nanmean(losses[-50:]):.4f} {now - t0:.0f}s")
-        if budget is not None and now - t0 > budget:
+        if budget is not None and not adaptive and now - t0 > budget:  # a fixed-steps row over its budget
             break
     seconds = time.perf_counter() - t0
     info = dict(steps_planned=int(planned), steps_done=done, final_loss=float(np.nanmean(losses[-50:])),

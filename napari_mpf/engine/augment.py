@@ -1,9 +1,10 @@
 """Random changes of a training batch beyond the rotations and flips.
 
-- **Elastic deformation** (Simard et al. 2003; the U-Net recipe for ISBI 2012): a smooth random displacement field, cubic spline interpolated from a coarse grid of Gaussian
-vectors, moves every pixel of the batch's padded input (bilinear) and of its labels (nearest),
-so that the network sees plausible new shapes of the same structures. The labels are moved with
-the displacement of their own input pixel, so each stays with the pixel it was painted on.
+- **Elastic deformation** (Simard et al. 2003; the U-Net recipe for ISBI 2012): a smooth random
+  displacement field, cubic spline interpolated from a coarse grid of Gaussian vectors, moves
+  every pixel of the batch's padded input (bilinear) and of its labels (nearest), so that the
+  network sees plausible new shapes of the same structures. The labels are moved with the
+  displacement of their own input pixel, so each stays with the pixel it was painted on.
 - **Intensity jitter**: the normalised image's contrast and brightness change at random
   (``a * x + b``), and its input filters' outputs change exactly as filtering the changed image
   would change them (smoothings follow ``a * s + b``, derivatives ``a * d``), computed from the
