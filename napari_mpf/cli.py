@@ -248,11 +248,10 @@ def _fractions_text(seg: np.ndarray, names: Sequence[str]) -> str:
     return ", ".join(f"{_class_label(names, k)} {100.0 * c / total:.1f}%" for k, c in enumerate(counts))
 
 
-def _run_training(trainer, steps: int, quiet: bool, seconds: float | None = None):
+def _run_training(trainer, steps: int | None, quiet: bool):
     """Drive ``trainer.run()`` with a progress bar; return (model, last Progress, steps done, stopped, first step s).
 
-    ``seconds`` stops training after that long, counted from the end of the first step (which
-    includes Numba's compilation on a first run). The first Ctrl-C stops after the current step
+    The first Ctrl-C stops after the current step
     (``stopped`` is True and the model holds the weights of the last finished step); a second one
     aborts at once (KeyboardInterrupt).
     """
@@ -262,7 +261,6 @@ def _run_training(trainer, steps: int, quiet: bool, seconds: float | None = None
     gen = trainer.run()
     last = None
     stop_requested = False
-    start = None
     model = None
     first_step_s = float("nan")
     t_begin = time.perf_counter()
@@ -285,6 +283,8 @@ def _run_training(trainer, steps: int, quiet: bool, seconds: float | None = None
                 except StopIteration as stop:
                     model = stop.value
                     break
+                if last is None:
+                    first_step_s = time.perf_counter() - t_begin
                 last = progress
                 step = int(getattr(progress, "step", bar.n + 1))
                 planned = int(getattr(progress, "n_steps", steps))
@@ -292,11 +292,6 @@ def _run_training(trainer, steps: int, quiet: bool, seconds: float | None = None
                     bar.total = planned
                 bar.update(max(step - bar.n, 0))
                 bar.set_postfix(loss=f"{float(progress.loss):.4f}", refresh=False)
-                if start is None:
-                    start = time.perf_counter()
-                    first_step_s = start - t_begin
-                elif seconds is not None and time.perf_counter() - start >= seconds:
-                    break
                 if stop_requested:
                     break
     finally:
@@ -936,9 +931,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = Model.for_data([sample.image], [sample.strokes], spec=args.preset.strip().lower(), seed=args.seed, class_names=names)
     wh, ww = model.window
     print(f"network: {model.spec.text}; window {wh}x{ww}, {model.n_params:,} parameters")
-    trainer = Trainer(model, [sample.image], [sample.strokes], TrainConfig(steps=args.steps, seed=args.seed))
+    config = TrainConfig(steps=args.steps, seconds=args.seconds, seed=args.seed)
+    trainer = Trainer(model, [sample.image], [sample.strokes], config)
     t0 = time.perf_counter()
-    model, last, done, interrupted, first_s = _run_training(trainer, args.steps, args.quiet, seconds=args.seconds)
+    model, last, done, interrupted, first_s = _run_training(trainer, args.steps, args.quiet)
     train_s = time.perf_counter() - t0
     loss = f"{float(last.loss):.4f}" if last is not None else "n/a"
     print(f"trained {done} step(s) in {train_s:.1f} s (first step {first_s:.1f} s, with any Numba compilation); last loss {loss}")

@@ -46,7 +46,8 @@ class TrainConfig:
     displacements with this standard deviation in pixels (0 = off). ``intensity``: when above 0,
     every batch's contrast and brightness change at random by up to this much
     (:func:`~napari_mpf.engine.augment.intensity_jitter`; 0 = off).
-    ``seconds``: train for about this long instead: ``steps`` is then only a cap, and after every
+    ``seconds``: train for about this long after the first step (which may include Numba's
+    compilation) instead: ``steps`` is then only a cap, and after every
     step the planned step count (which the learning-rate schedule reads, and :class:`Progress`
     reports) is re-estimated from the recent step times and the time left, so the schedule ends
     when the time does, even if the machine's load changes (``None`` = a fixed number of steps).
@@ -172,7 +173,7 @@ class Trainer:
             balance=cfg.balance, seed=cfg.seed, crop=cfg.crop, crop_by_class=cfg.crop_by_class,
             elastic=float(cfg.elastic), intensity=float(cfg.intensity), seconds=cfg.seconds,
         )
-        planner = _StepPlanner(int(cfg.steps), cfg.seconds, start)
+        planner = _StepPlanner(int(cfg.steps), cfg.seconds)
         step = 0
         while step < planner.planned:
             step += 1
@@ -306,13 +307,13 @@ class Trainer:
 
 
 class _StepPlanner:
-    """The planned number of steps: fixed, or fitted to a time budget from the recent step times
-    (the first steps, which may include Numba's compilation, are not counted)."""
+    """The planned number of steps: fixed, or fitted to a time budget counted from the end of the
+    first step (which may include Numba's compilation) from the recent step times."""
 
     SKIP, WINDOW = 3, 50
 
-    def __init__(self, max_steps: int, seconds: float | None, start: float) -> None:
-        self.max_steps, self.seconds, self.start = max_steps, seconds, start
+    def __init__(self, max_steps: int, seconds: float | None) -> None:
+        self.max_steps, self.seconds, self.start = max_steps, seconds, 0.0
         self.planned = max_steps
         self.stamps: deque[float] = deque(maxlen=self.WINDOW + 1)
 
@@ -320,6 +321,9 @@ class _StepPlanner:
         if self.seconds is None:
             return
         now = time.perf_counter()
+        if step == 1:  # the clock starts once the kernels are compiled
+            self.start = now
+            return
         left = self.seconds - (now - self.start)
         if left <= 0:
             self.planned = step
