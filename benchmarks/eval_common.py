@@ -269,7 +269,7 @@ class Variant:
                     f"crop {p.get('crop')}"]
             bits += [f"{k}={p[k]}" for k in ("lr", "schedule", "augment", "balance", "downsample", "norm", "by_class",
                                              "sp_branch", "sp_pool", "sp_compactness", "image_head", "refine", "tta", "ensemble",
-                                             "filters", "elastic", "intensity")
+                                             "filters", "elastic", "intensity", "context", "context_share")
                      if k in p and p[k] != MPF_DEFAULTS.get(k)]
             return "mpf " + ", ".join(str(b) for b in bits)
         defaults = RF_DEFAULTS if self.kind == "rf" else {}
@@ -375,7 +375,10 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     deformation and contrast/brightness jitter of every training batch,
     ``napari_mpf.engine.augment``). ``tta=true``: test-time augmentation (mean
     over the 8 rotations and flips). ``ensemble=N``: N networks with seeds ``seed .. seed + N - 1``
-    (each trained with the row's steps or budget), probabilities averaged. Rows that differ only
+    (each trained with the row's steps or budget), probabilities averaged. ``context=SPEC``:
+    auto-context (``TrainConfig.context``), a second stage of that spec (same filters and heads)
+    reads the image and the first stage's probabilities; the first stage gets ``context_share``
+    (default 0.5) of the budget (or of the steps), the second the rest. Rows that differ only
     in ``refine``/``tta`` train once.
 
     Without ``steps`` the run is fitted to the budget (``TrainConfig.seconds``: after every step
@@ -441,7 +444,8 @@ def _train_mpf(images, labels, p: dict, log, image_labels):
     cfg = dict(optimizer=p.get("optimizer", "adam"), lr=p.get("lr"), schedule=p.get("schedule", "cosine"),
                augment=bool(p.get("augment", True)), balance=p["balance"] if p.get("balance") == "global" else bool(p.get("balance", True)),
                crop=p.get("crop", 256), seed=int(p.get("seed", 0)), crop_by_class=bool(p.get("by_class", False)),
-               elastic=float(p.get("elastic") or 0), intensity=float(p.get("intensity") or 0))
+               elastic=float(p.get("elastic") or 0), intensity=float(p.get("intensity") or 0),
+               context=p.get("context"), context_share=float(p.get("context_share") or 0.5))
     steps = p.get("steps")
     adaptive = steps is None and budget is not None
     if steps is None:
@@ -460,6 +464,7 @@ def _train_mpf(images, labels, p: dict, log, image_labels):
         if budget is not None and not adaptive and now - t0 > budget:  # a fixed-steps row over its budget
             break
     seconds = time.perf_counter() - t0
+    model = trainer.model  # with auto-context: the second stage (which holds the first)
     info = dict(steps_planned=int(planned), steps_done=done, final_loss=float(np.nanmean(losses[-50:])),
                 model=model.describe())
     return model, seconds, info

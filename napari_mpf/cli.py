@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input filters ahead of the network: 'multiscale' adds each channel smoothed, its gradient magnitude "
                         "(sigma 1-16) and its Hessian eigenvalues (sigma 1-8); fixed, no parameters. Helped on EM "
                         "membranes, hurt on defect images (default none)")
+    t.add_argument("--context", metavar="PRESET|SPEC", default=None,
+                   help="auto-context: train the network for the first half of the steps (or --seconds), then a "
+                        "second network of this preset or spec (same activation, filters and heads) on the image "
+                        "and the first one's probabilities for the rest; the model file holds both (e.g. fast)")
     t.add_argument("--optimizer", choices=("adam", "sgd", "armijo", "lbfgs"), default="adam")
     t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: the optimizer's, a third of it for Adam/SGD on nets with 3+ pooling stages)")
     t.add_argument("--steps", type=_positive_int, default=None, help="training steps (one image each; default 200, or no cap with --seconds)")
@@ -386,8 +390,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         balance=not args.no_balance,
         seed=args.seed,
         crop_by_class=args.crop_by_class,
+        context=args.context,
     )
-    _print_network(model)
+    _print_network(model, args.context)
     names = list(model.class_names)
     painted = ", ".join(f"{_class_label(names, k - 1)} {int(counts[k]):,}" for k in range(1, len(counts)))
     shapes = sorted({"x".join(map(str, a.shape)) for a in images})
@@ -440,16 +445,25 @@ def _heads_text(model) -> str | None:
         names = list(model.class_names)
         what = ", ".join(f"p({_class_label(names, k)} present)" for k in range(1, model.n_classes))
         parts.append(f"image-level head ({what}; loss weight {model.image_head['loss_weight']:g})")
+    if model.context is not None:
+        wh, ww = model.context.window
+        parts.append(f"auto-context: the input holds the probabilities of a first stage ({model.context.spec.text}, "
+                     f"window {wh}x{ww}, {model.context.n_params:,} parameters)")
     return "; ".join(parts) or None
 
 
-def _print_network(model) -> None:
+def _print_network(model, context: str | None = None) -> None:
+    from .engine import parse_spec
+
     wh, ww = model.window
     print(f"network: {model.spec.text}")
     print(f"window: {wh}x{ww} pixels, {model.n_params:,} parameters, {model.in_channels} input channel(s)")
     heads = _heads_text(model)
     if heads:
         print(f"heads: {heads}")
+    if context is not None:
+        second = parse_spec(context, model.n_classes)
+        print(f"then a second stage (auto-context): {second.text}, window {second.window[0]}x{second.window[1]}")
 
 
 def _print_image_targets(trainer, source: str | None) -> None:
@@ -557,8 +571,8 @@ def _train_pairs(args: argparse.Namespace, out: Path) -> int:
                     if args.image_labels else None)
     config = TrainConfig(steps=_train_steps(args), seconds=args.seconds, optimizer=args.optimizer, lr=args.lr,
                          augment=not args.no_augment, balance=not args.no_balance, seed=args.seed,
-                         crop_by_class=args.crop_by_class)
-    _print_network(model)
+                         crop_by_class=args.crop_by_class, context=args.context)
+    _print_network(model, args.context)
     print(f"data: {len(dataset)} pair(s) in {args.pairs}, streamed one per step")
     trainer = Trainer(model, dataset, None, config, image_labels=image_labels)
     _print_image_targets(trainer, args.image_labels)

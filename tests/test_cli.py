@@ -480,3 +480,21 @@ def test_train_for_a_number_of_seconds(data, capsys):
         cli.main(["train", "--image", str(data / "img.tif"), "--labels", str(data / "strokes.tif"), "--spec", TINY,
                   "--seconds", "-2", "-q", "--out", str(data / "bad.npz")])
     assert exc.value.code == 2 and "positive" in capsys.readouterr().err and not (data / "bad.npz").exists()
+
+
+def test_train_in_two_stages(data, capsys):
+    code, out, err = run(capsys, "train", "--image", data / "img.tif", "--labels", data / "strokes.tif", "--spec", TINY,
+                         "--context", "C3x3x3, MPF2x2, FC6", "--steps", "6", "-q", "--out", data / "two.npz")
+    assert code == 0, err
+    assert "second stage (auto-context): C3x3x3, MPF2x2, FC6, FC2" in out and "trained 6 step(s)" in out
+    model = load_model(data / "two.npz")
+    assert model.context is not None and model.context.spec.text.startswith(TINY)
+    assert model.provenance["steps"] == 3 and model.context.provenance["steps"] == 3
+    code, out, err = run(capsys, "info", data / "two.npz")
+    assert code == 0 and "version 4" in out and "auto-context" in out
+    code, _, err = run(capsys, "predict", "--model", data / "two.npz", "--image", data / "img.tif",
+                       "--out", data / "two_seg.tif", "-q")
+    assert code == 0, err
+    err = user_error(capsys, "train", "--image", data / "img.tif", "--labels", data / "strokes.tif",
+                     "--spec", TINY, "--context", "bogus", "-q", "--out", data / "bad.npz")
+    assert "bogus" in err.lower() and not (data / "bad.npz").exists()

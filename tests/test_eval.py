@@ -264,3 +264,14 @@ def test_a_budget_row_fits_its_schedule_to_the_budget():
     fitted = ec.run_method(row, images, labels, log=lambda *_: None)
     assert fitted.info["steps_done"] == fitted.info["steps_planned"] > 10
     assert 1.0 <= fitted.train_seconds < 10.0
+
+
+def test_a_context_row_trains_two_stages_sharing_the_steps():
+    rng = np.random.default_rng(5)
+    images = [rng.normal(size=(24, 24)).astype(np.float32)]
+    labels = [rng.integers(0, 3, size=(24, 24)).astype(np.uint8)]
+    (row,) = ec.parse_variants(["c:steps=4,budget=0,crop=none,context=C3x3x3;MPF2x2;FC6"], ec.MPF_DEFAULTS)
+    assert "context=C3x3x3" in row.describe()
+    fitted = ec.run_method(row, images, labels, log=lambda *_: None)
+    assert fitted.info["steps_done"] == 4 and "auto-context on a first stage (C5x5x16" in fitted.info["model"]
+    assert fitted.predict(images[0]).shape == (24, 24)

@@ -50,6 +50,8 @@ def heads_text(model: Model) -> str:
         parts.append(f"superpixel branch ({model.superpixels['pool']}, ~{model.superpixels['size']:g} px)")
     if model.image_head is not None:
         parts.append(f"image-level head (loss weight {model.image_head['loss_weight']:g})")
+    if model.context is not None:
+        parts.append(f"auto-context on a first stage ({model.context.spec.text})")
     return ", ".join(parts)
 
 
@@ -84,6 +86,8 @@ class TrainSettings:
     #: a new network gets these input filters (a name from ``engine.features.FILTER_BANKS`` or the
     #: settings of a bank; "none" = the image only)
     filters: str | dict = "none"
+    #: a new network is followed by a second stage of this spec or preset (auto-context; "none" = one)
+    context: str = "none"
 
 
 #: SLIC compactness of the superpixel branch and of the refinement (the engine's default)
@@ -314,8 +318,15 @@ class Controller:
         """Whether training can continue from ``model`` for this data and these settings."""
         try:
             spec = parse_spec(settings.spec, tset.n_classes)
+            second = None if settings.context == "none" else parse_spec(settings.context, tset.n_classes)
         except SpecError:
             return False
+        if (model.context is None) != (second is None):
+            return False
+        if second is not None:  # a two-stage model: the second stage continues, the first is kept
+            if model.spec.text != second.text:
+                return False
+            model = model.context
         return (
             model.in_channels == tset.in_channels
             and model.n_classes == tset.n_classes
@@ -380,6 +391,7 @@ class Controller:
             steps=int(settings.steps), optimizer=settings.optimizer, lr=settings.lr,
             augment=bool(settings.augment), seed=int(settings.seed),
             preview_every=int(settings.preview_every), preview_index=int(tset.preview_index),
+            context=None if continued or settings.context == "none" else settings.context,
         )
         try:
             trainer = Trainer(model, tset.images, tset.labels, config)

@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._layer_style import class_names_from_features
-from ..engine import PRESETS, Model, ModelFileError, load_model, save_model
+from ..engine import PRESETS, Model, ModelFileError, load_model, parse_spec, save_model
 from ..engine.chunked import CountSettings
 from ..engine.features import FILTER_BANKS, check_filters, n_outputs
 from .controller import (
@@ -195,6 +195,15 @@ class TrainerWidget(QWidget):
         )
         form.addRow("Input filters", self.filters_combo)
         self._custom_filters: dict | None = None
+        self.context_combo = QComboBox()
+        self.context_combo.addItems(["none", "fast", "wide"])
+        self.context_combo.setToolTip(
+            "Auto-context: a new network trains for half the steps, then a second network (this preset, same "
+            "filters and heads) learns from the image and the first one's probabilities for the other half. "
+            "Lower pixel error on EM membranes at equal time (benchmarks/RESULTS_ACCURACY.md); prediction "
+            "costs both networks."
+        )
+        form.addRow("Second stage", self.context_combo)
         self.spec_info = QLabel()
         form.addRow("", self.spec_info)
         self.optimizer_combo = QComboBox()
@@ -431,6 +440,7 @@ class TrainerWidget(QWidget):
             image_head=self.image_head_check.isChecked(),
             image_head_weight=float(self.image_head_weight_spin.value()),
             filters=self._filters_setting(),
+            context=self.context_combo.currentText(),
         )
 
     def _filters_setting(self) -> str | dict:
@@ -906,6 +916,15 @@ class TrainerWidget(QWidget):
             if self.filters_combo.findText(name) < 0:
                 self.filters_combo.addItem(name)
         self.filters_combo.setCurrentText(name)
+        second = "none" if model.context is None else model.spec.text
+        if model.context is not None:  # the network control then names the first stage
+            second = next((p for p in PRESETS if parse_spec(p, model.n_classes).text == second), second)
+            self.spec_combo.setCurrentText(
+                next((p for p in PRESETS if parse_spec(p, model.n_classes).text == model.context.spec.text),
+                     model.context.spec.text))
+        if self.context_combo.findText(second) < 0:
+            self.context_combo.addItem(second)
+        self.context_combo.setCurrentText(second)
         sp = model.superpixels
         self.superpixel_check.setChecked(sp is not None)
         if sp is not None:

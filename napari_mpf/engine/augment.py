@@ -72,7 +72,7 @@ def intensity_jitter(batch: Batch, model: Model, amount: float, rng: np.random.G
     its standardised filter outputs changed to match."""
     a = float(np.exp(rng.uniform(-amount, amount)))
     b = float(rng.uniform(-amount, amount))
-    c = model.in_channels
+    c = model.stage_channels
     scale = np.full(batch.padded.shape[0], a)
     shift = np.full(batch.padded.shape[0], b)
     if model.filters:

@@ -110,12 +110,17 @@ def threads_per_task(workers: int | None) -> int:
     return max(1, numba.config.NUMBA_NUM_THREADS // max(1, int(workers or numba.config.NUMBA_NUM_THREADS)))
 
 
-def halo(model: Model) -> tuple[tuple[int, int], tuple[int, int]]:
+def halo(model: Model, stage: bool = False) -> tuple[tuple[int, int], tuple[int, int]]:
     """``((before, after) rows, (before, after) columns)`` of input around a region of outputs:
-    the window's, plus the input filters' context."""
+    the window's, plus the input filters' context, plus (unless ``stage``: this stage's own only)
+    a ``context`` model's halo around that."""
     wh, ww = model.window
     r = radius(model.filters)
-    return (wh // 2 + r, wh - 1 - wh // 2 + r), (ww // 2 + r, ww - 1 - ww // 2 + r)
+    (bh, ah), (bw, aw) = (wh // 2 + r, wh - 1 - wh // 2 + r), (ww // 2 + r, ww - 1 - ww // 2 + r)
+    if model.context is not None and not stage:
+        (cbh, cah), (cbw, caw) = halo(model.context)
+        bh, ah, bw, aw = bh + cbh, ah + cah, bw + cbw, aw + caw
+    return (bh, ah), (bw, aw)
 
 
 def predict_tile_logits(model: Model, region: np.ndarray, tile: int = DEFAULT_TILE) -> np.ndarray:
@@ -125,9 +130,11 @@ def predict_tile_logits(model: Model, region: np.ndarray, tile: int = DEFAULT_TI
     raw pixels: rows/columns ``[y0 - wh // 2, y1 + wh - 1 - wh // 2)`` of the mirror-extended image
     for the outputs ``[y0, y1)``; with input filters, their context more on every side (see
     :func:`halo`). Normalised with the model's statistics, then evaluated in tiles of at most
-    ``tile`` outputs (rounded to the pooling factor), as :func:`predict_logits` does.
+    ``tile`` outputs (rounded to the pooling factor), as :func:`predict_logits` does. For a model
+    with a ``context``, ``region`` is the stage input (:meth:`Model.stage_input`) and the halo this
+    stage's own (``halo(model, stage=True)``).
     """
-    x = normalise(model, region, extended=True)
+    x = normalise(model, region, extended=True, staged=True)
     wh, ww = model.window
     py, px = model.spec.pool_factor
     _, hh, wwid = x.shape
@@ -160,7 +167,7 @@ def predict_region(
     ``output``: ``"probabilities"`` ``(K, h, w)`` float32, ``"logits"`` (model dtype) or
     ``"segmentation"`` ``(h, w)`` labels 1..K.
     """
-    (bh, ah), (bw, aw) = halo(model)
+    (bh, ah), (bw, aw) = halo(model, stage=True)
     h_img, w_img = image_shape
     ridx = _source_range(h_img, rows[0], rows[1], bh, ah)
     cidx = _source_range(w_img, cols[0], cols[1], bw, aw)
@@ -171,6 +178,10 @@ def predict_region(
         block = block[None]
     if block.shape[0] == 4 and model.in_channels == 3:  # RGBA: the model reads RGB
         block = block[:3]
+    if model.context is not None:  # the stage input: the first stage's probabilities of these pixels
+        first = predict_region(model.context, read, image_shape, (r0, r1), (c0, c1))
+        dtype = np.float64 if block.dtype == np.float64 else np.float32  # as Model.stage_input
+        block = np.concatenate([block.astype(dtype, copy=False), first[1:].astype(dtype)])
     region = block[:, ridx - r0][:, :, cidx - c0]
     logits = predict_tile_logits(model, region)
     if output == "logits":
@@ -361,6 +372,8 @@ def model_token(model: Model) -> str:
         arr = np.ascontiguousarray(a)
         h.update(str(arr.dtype).encode())
         h.update(arr.tobytes())
+    if model.context is not None:
+        h.update(model_token(model.context).encode())
     return h.hexdigest()[:32]
 
 

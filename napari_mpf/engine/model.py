@@ -27,6 +27,11 @@ class Model:
     ``superpixels`` (a superpixel-pooling branch whose class scores add to every pixel's, Schuurmans
     et al. 2018, V3) and ``image_head`` (an image-level "class present" classifier, Haloi 2017).
     Their parameters follow the layers' in ``weights``/``biases`` (superpixel branch first).
+
+    ``context`` (auto-context, Tu & Bai 2010): an earlier model of the same image channels and
+    classes; its probabilities of classes ``2..K`` join the image's channels as this model's input
+    (the *stage* channels, normalised as ``(p - 0.5) / 0.5``), so this stage sees the first stage's
+    answer around every pixel. :meth:`stage_input` builds that input.
     """
 
     spec: NetworkSpec
@@ -44,11 +49,29 @@ class Model:
     #: per filter output (channels after the first ``in_channels``): standardisation, as ``norm_*``
     filter_mean: np.ndarray | None = None
     filter_std: np.ndarray | None = None
+    context: Model | None = None
+
+    @property
+    def stage_channels(self) -> int:
+        """Channels of this stage's input: the image's, plus ``K - 1`` with a ``context`` model."""
+        return self.in_channels + (0 if self.context is None else self.context.n_classes - 1)
 
     @property
     def net_in_channels(self) -> int:
-        """Channels the first layer reads: the image's, times the input filters' outputs."""
-        return self.in_channels * n_outputs(self.filters)
+        """Channels the first layer reads: the stage's, times the input filters' outputs."""
+        return self.stage_channels * n_outputs(self.filters)
+
+    def stage_input(self, image) -> np.ndarray:
+        """The checked ``(C, H, W)`` image, followed with a ``context`` model by that model's
+        probabilities of classes ``2..K`` (raw, before this model's normalisation)."""
+        from .inputs import as_image
+        from .predict import predict_proba
+
+        x = as_image(image, self.in_channels)
+        if self.context is None:
+            return x
+        p = predict_proba(self.context, x)[1:]
+        return np.concatenate([x, p.astype(x.dtype)])
 
     @property
     def n_classes(self) -> int:
@@ -93,6 +116,8 @@ class Model:
         out = self.copy()
         out.weights = [w.astype(dtype) for w in self.weights]
         out.biases = [b.astype(dtype) for b in self.biases]
+        if self.context is not None:
+            out.context = self.context.astype(dtype)
         return out
 
     def describe(self) -> str:
@@ -104,6 +129,8 @@ class Model:
             heads += f" | image-level head (weight {self.image_head['loss_weight']:g})"
         if self.filters:
             heads += " | input filters (" + ", ".join(f"{k} {v}" for k, v in self.filters.items() if v) + ")"
+        if self.context is not None:
+            heads += f" | auto-context on a first stage ({self.context.spec.text})"
         return (
             f"{self.spec.text} | {self.activation} | window {h}x{w} | "
             f"{self.in_channels} channel(s) -> {self.n_classes} classes{heads} | {self.n_params:,} parameters"
@@ -120,9 +147,11 @@ class Model:
         class_names: Sequence[str] | None = None,
         dtype=np.float32,
         filters: dict | str | None = None,
+        context: Model | None = None,
     ) -> Model:
         """A freshly initialised network (Glorot-uniform for tanh, He-normal for ReLU, zero biases);
-        ``filters``: input filter bank (a name from ``features.FILTER_BANKS`` or its settings)."""
+        ``filters``: input filter bank (a name from ``features.FILTER_BANKS`` or its settings);
+        ``context``: a trained first stage (auto-context, see :class:`Model`)."""
         if activation not in ("tanh", "relu"):
             raise SpecError(f"activation must be 'tanh' or 'relu', got {activation!r}")
         if in_channels < 1:
@@ -133,10 +162,19 @@ class Model:
             raise SpecError(f"the spec has {spec.n_classes} outputs but n_classes is {n_classes}")
         names = _class_names(class_names, n_classes)
         filters = check_filters(filters)
+        n_context = 0
+        if context is not None:
+            if context.in_channels != in_channels or context.n_classes != n_classes:
+                raise SpecError(
+                    f"the first stage reads {context.in_channels} channel(s) into {context.n_classes} classes; "
+                    f"this model {in_channels} into {n_classes}: they must match"
+                )
+            n_context = n_classes - 1
         rng = np.random.default_rng(seed)
         weights, biases = [], []
-        n_in = in_channels * n_outputs(filters)
-        n_extra = n_in - in_channels
+        n_stage = in_channels + n_context
+        n_in = n_stage * n_outputs(filters)
+        n_extra = n_in - n_stage
         for layer in spec.layers:
             if layer.kind == "pool":
                 continue
@@ -158,12 +196,13 @@ class Model:
             weights=weights,
             biases=biases,
             class_names=names,
-            norm_mean=np.zeros(in_channels, np.float32),
-            norm_std=np.ones(in_channels, np.float32),
+            norm_mean=np.concatenate([np.zeros(in_channels), np.full(n_context, 0.5)]).astype(np.float32),
+            norm_std=np.concatenate([np.ones(in_channels), np.full(n_context, 0.5)]).astype(np.float32),
             provenance={"seed": int(seed), "steps": 0},
             filters=filters,
             filter_mean=None if filters is None else np.zeros(n_extra, np.float32),
             filter_std=None if filters is None else np.ones(n_extra, np.float32),
+            context=context,
         )
 
     @classmethod
@@ -176,25 +215,33 @@ class Model:
         seed: int = 0,
         class_names: Sequence[str] | None = None,
         filters: dict | str | None = None,
+        context: Model | None = None,
     ) -> Model:
-        """A new network sized for these (image, labels) pairs, with normalisation from the images."""
+        """A new network sized for these (image, labels) pairs, with normalisation from the images
+        (``context``: a trained first stage, see :class:`Model`)."""
         imgs, labs = check_training_pairs(images, labels)
         n_classes = max(int(lab.max()) for lab in labs)
-        model = cls.create(spec, imgs[0].shape[0], n_classes, activation, seed, class_names, filters=filters)
-        model.norm_mean, model.norm_std = normalisation_from(imgs)
+        if context is not None:
+            n_classes = max(n_classes, context.n_classes)
+        model = cls.create(spec, imgs[0].shape[0], n_classes, activation, seed, class_names, filters=filters,
+                           context=context)
+        c = model.in_channels
+        model.norm_mean[:c], model.norm_std[:c] = normalisation_from(imgs)
         model.fit_filter_statistics(imgs)
         return model
 
     def fit_filter_statistics(self, images: Iterable[np.ndarray]) -> None:
         """Set ``filter_mean``/``filter_std`` from ``(C, H, W)`` images (after ``norm_*`` is set):
         every filter output then enters the first layer with zero mean and unit variance (without
-        it, a tanh network on the magnetic tiles did not learn: training loss 0.56 against 0.24)."""
+        it, a tanh network on the magnetic tiles did not learn: training loss 0.56 against 0.24).
+        With a ``context`` model the filters read the stage input (:meth:`stage_input`)."""
         if not self.filters:
             return
         mean, std = self.norm_mean[:, None, None], self.norm_std[:, None, None]
-        c = self.in_channels
+        c = self.stage_channels
         self.filter_mean, self.filter_std = normalisation_from(
-            apply_filters((np.asarray(img, np.float32) - mean) / std, self.filters)[c:] for img in images
+            apply_filters((self.stage_input(np.asarray(img, np.float32)) - mean) / std, self.filters)[c:]
+            for img in images
         )
 
 

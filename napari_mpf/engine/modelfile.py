@@ -17,7 +17,9 @@ from .spec import LayerSpec, SpecError, resolve_spec
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "save_model", "load_model", "model_header"]
 
 FORMAT = "napari-mpf-model"
-FORMAT_VERSION = 3  # 2 adds the optional heads, 3 the input filters; a file says the lowest version it needs
+FORMAT_VERSION = 4  # 2 adds the optional heads, 3 the input filters, 4 auto-context; a file says the lowest version it needs
+#: prefix of the first stage's arrays (and, nested, of its own first stage's)
+CONTEXT_PREFIX = "context."
 
 
 class ModelFileError(ValueError):
@@ -25,10 +27,14 @@ class ModelFileError(ValueError):
 
 
 def model_header(model: Model) -> dict:
-    """The JSON header written into the model file."""
+    """The JSON header written into the model file (a ``context`` model's nested under ``"context"``)."""
+    version = 3 if model.filters else 2 if (model.superpixels or model.image_head) else 1
+    if model.context is not None:
+        context = model_header(model.context)
+        version = 4
     return {
         "format": FORMAT,
-        "version": 3 if model.filters else 2 if (model.superpixels or model.image_head) else 1,
+        "version": version,
         "spec": model.spec.text,
         "window": list(model.window),
         "layers": [
@@ -47,21 +53,29 @@ def model_header(model: Model) -> dict:
         **({"superpixels": model.superpixels} if model.superpixels is not None else {}),
         **({"image_head": model.image_head} if model.image_head is not None else {}),
         **({"filters": model.filters} if model.filters else {}),
+        **({"context": context} if model.context is not None else {}),
     }
+
+
+def _arrays(model: Model, prefix: str = "") -> dict[str, np.ndarray]:
+    arrays = {}
+    for n, (w, b) in enumerate(zip(model.weights, model.biases, strict=True)):
+        arrays[f"{prefix}w{n}"] = np.ascontiguousarray(w, dtype=np.float32)
+        arrays[f"{prefix}b{n}"] = np.ascontiguousarray(b, dtype=np.float32)
+    arrays[f"{prefix}norm_mean"] = np.asarray(model.norm_mean, np.float32)
+    arrays[f"{prefix}norm_std"] = np.asarray(model.norm_std, np.float32)
+    if model.filters:
+        arrays[f"{prefix}filter_mean"] = np.asarray(model.filter_mean, np.float32)
+        arrays[f"{prefix}filter_std"] = np.asarray(model.filter_std, np.float32)
+    if model.context is not None:
+        arrays.update(_arrays(model.context, prefix + CONTEXT_PREFIX))
+    return arrays
 
 
 def save_model(model: Model, path: str | os.PathLike) -> Path:
     """Write ``model`` to ``path`` (``.npz``) atomically: a temporary file, then a rename."""
     path = Path(path)
-    arrays = {"header": np.array(json.dumps(model_header(model), default=_json_default))}
-    for n, (w, b) in enumerate(zip(model.weights, model.biases, strict=True)):
-        arrays[f"w{n}"] = np.ascontiguousarray(w, dtype=np.float32)
-        arrays[f"b{n}"] = np.ascontiguousarray(b, dtype=np.float32)
-    arrays["norm_mean"] = np.asarray(model.norm_mean, np.float32)
-    arrays["norm_std"] = np.asarray(model.norm_std, np.float32)
-    if model.filters:
-        arrays["filter_mean"] = np.asarray(model.filter_mean, np.float32)
-        arrays["filter_std"] = np.asarray(model.filter_std, np.float32)
+    arrays = {"header": np.array(json.dumps(model_header(model), default=_json_default)), **_arrays(model)}
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ModelFileError(f"{path}: cannot save the model, the folder {directory} does not exist")
@@ -115,7 +129,11 @@ def load_model(path: str | os.PathLike) -> Model:
         raise ModelFileError(f"{path}: the model file is inconsistent or incomplete ({exc})") from exc
 
 
-def _model_from(header: dict, arrays: dict) -> Model:
+def _model_from(header: dict, arrays: dict, prefix: str = "") -> Model:
+    context = None
+    if header.get("context") is not None:
+        context = _model_from(header["context"], arrays, prefix + CONTEXT_PREFIX)
+    arrays = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix) and CONTEXT_PREFIX not in k[len(prefix):]}
     layers = [LayerSpec(d["kind"], tuple(int(s) for s in d["size"]), int(d["maps"])) for d in header["layers"]]
     for layer in layers:
         if layer.kind not in ("conv", "pool", "fc"):
@@ -124,7 +142,11 @@ def _model_from(header: dict, arrays: dict) -> Model:
     if list(spec.window) != list(header["window"]):
         raise ValueError(f"window {header['window']} does not match the layers")
     filters = check_filters(header.get("filters"))
-    n_in = int(header["in_channels"]) * n_outputs(filters)
+    if context is not None and (context.in_channels != int(header["in_channels"])
+                                or context.n_classes != int(header["n_classes"])):
+        raise ValueError("the first stage's channels or classes do not match the model's")
+    n_stage = int(header["in_channels"]) + (0 if context is None else context.n_classes - 1)
+    n_in = n_stage * n_outputs(filters)
     weights, biases = [], []
     n = 0
     for layer in spec.layers:
@@ -169,13 +191,13 @@ def _model_from(header: dict, arrays: dict) -> Model:
         raise ValueError(f"more weight arrays than layers (w{n})")
     mean = arrays["norm_mean"].astype(np.float32)
     std = arrays["norm_std"].astype(np.float32)
-    if mean.shape != (int(header["in_channels"]),) or std.shape != mean.shape or np.any(std <= 0):
+    if mean.shape != (n_stage,) or std.shape != mean.shape or np.any(std <= 0):
         raise ValueError("bad normalisation arrays")
     filter_mean = filter_std = None
     if filters:
         filter_mean = arrays["filter_mean"].astype(np.float32)
         filter_std = arrays["filter_std"].astype(np.float32)
-        n_extra = int(header["in_channels"]) * (n_outputs(filters) - 1)
+        n_extra = n_stage * (n_outputs(filters) - 1)
         if (filter_mean.shape != (n_extra,) or filter_std.shape != (n_extra,) or not np.all(filter_std > 0)
                 or not np.isfinite(filter_mean).all() or not np.isfinite(filter_std).all()):
             raise ValueError("bad filter_mean / filter_std arrays")
@@ -199,6 +221,7 @@ def _model_from(header: dict, arrays: dict) -> Model:
         filters=filters,
         filter_mean=filter_mean,
         filter_std=filter_std,
+        context=context,
     )
 
 

@@ -33,20 +33,26 @@ __all__ = [
 DEFAULT_TILE = 512
 
 
-def normalise(model: Model, image, extended: bool = False) -> np.ndarray:
-    """The first layer's input: the checked ``(C, H, W)`` image normalised with the model's
+def normalise(model: Model, image, extended: bool = False, staged: bool = False) -> np.ndarray:
+    """The first layer's input: the checked ``(C, H, W)`` image (with a ``context`` model, its
+    stage input, :meth:`Model.stage_input`) normalised with the model's
     statistics, in the model's dtype, followed by its input filters' outputs (standardised with
     ``filter_mean``/``filter_std``) when the model has them; the first ``C`` channels stay the
     normalised image. ``extended``: ``image`` is a region
     that holds the filters' context (:func:`~napari_mpf.engine.features.radius` pixels each side),
-    which the result drops."""
-    x = as_image(image, model.in_channels)
+    which the result drops. ``staged``: ``image`` already is the stage input (required with
+    ``extended`` for a model with a ``context``, whose probabilities need the whole image)."""
+    if model.context is not None and not staged:
+        if extended:
+            raise ValueError("a region of a two-stage model needs its stage input (staged=True)")
+        image = model.stage_input(image)
+    x = as_image(image, model.stage_channels)
     dtype = model.dtype
     mean = model.norm_mean.astype(dtype)[:, None, None]
     std = model.norm_std.astype(dtype)[:, None, None]
     x = apply_filters((x.astype(dtype) - mean) / std, model.filters, extended)
     if model.filters:
-        c = model.in_channels
+        c = model.stage_channels
         x[c:] -= model.filter_mean.astype(dtype)[:, None, None]
         x[c:] /= model.filter_std.astype(dtype)[:, None, None]
     return x

@@ -20,6 +20,7 @@ from .heads import has_heads
 from .inputs import InputError, check_training_pairs
 from .loss import Batch, batch_loss, crop_box, make_batch
 from .model import Model
+from .spec import parse_spec
 from .network import Workspace
 from .optim import OPTIMIZERS, default_lr, make_optimizer
 from .predict import normalise, predict_proba
@@ -51,6 +52,11 @@ class TrainConfig:
     step the planned step count (which the learning-rate schedule reads, and :class:`Progress`
     reports) is re-estimated from the recent step times and the time left, so the schedule ends
     when the time does, even if the machine's load changes (``None`` = a fixed number of steps).
+    ``context``: a spec or preset for a second stage (auto-context, see
+    :class:`~napari_mpf.engine.model.Model`): the model trains for ``context_share`` of the steps
+    (or of the seconds), then a new model of that spec, with the same activation, filters and
+    heads, learns from the image and the first model's probabilities for the rest; :meth:`Trainer.run`
+    returns that two-stage model (``None`` = one stage).
     """
 
     steps: int = 200
@@ -68,6 +74,8 @@ class TrainConfig:
     elastic: float = 0.0
     intensity: float = 0.0
     seconds: float | None = None
+    context: str | None = None
+    context_share: float = 0.5
 
     def check(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -86,6 +94,8 @@ class TrainConfig:
             raise InputError(f"intensity must be between 0 and 2, got {self.intensity}")
         if self.balance not in (True, False, "global"):
             raise InputError(f"balance must be True, False or 'global', got {self.balance!r}")
+        if not 0 < self.context_share < 1:
+            raise InputError(f"context_share must be between 0 and 1, got {self.context_share}")
         if self.schedule not in ("cosine", "constant"):
             raise InputError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
 
@@ -129,6 +139,8 @@ class Trainer:
             n = len(self.images)
         if not 0 <= self.config.preview_index < n:
             raise InputError(f"preview_index {self.config.preview_index} is not one of the {n} images")
+        if self.config.context is not None:
+            parse_spec(self.config.context, model.n_classes)  # a bad second-stage spec fails now, not halfway
         self.image_targets = self._image_targets(image_labels, n)
         self._segments: dict[int, np.ndarray] = {}
         self._preview_requested = False
@@ -147,8 +159,54 @@ class Trainer:
 
     def run(self) -> Generator[Progress, None, Model]:
         cfg = self.config
+        start = time.perf_counter()
+        if cfg.context is None:
+            return (yield from self._run_stage(int(cfg.steps), cfg.seconds, 0, lambda planned: planned, start))
+        share = float(cfg.context_share)
+        if cfg.seconds is None:  # fixed steps: split them
+            n1 = min(max(1, round(cfg.steps * share)), int(cfg.steps) - 1) if cfg.steps > 1 else 1
+            n2 = max(1, int(cfg.steps) - n1)
+            yield from self._run_stage(n1, None, 0, lambda planned: n1 + n2, start)
+            seconds2 = None
+        else:  # a time budget: the first stage's share of it, then what is left
+            started = None
+            for progress in self._run_stage(int(cfg.steps), cfg.seconds * share, 0,
+                                            lambda planned: round(planned / share), start):
+                started = started or time.perf_counter()  # the budget counts from the end of step 1
+                n1 = progress.step
+                yield progress
+            n2 = max(1, int(cfg.steps) - n1)
+        self.model = self._next_stage(self.model)
+        if cfg.seconds is not None:
+            seconds2 = max(cfg.seconds - (time.perf_counter() - started), 1e-3)
+        return (yield from self._run_stage(n2, seconds2, n1, lambda planned: n1 + planned, start, stage=1))
+
+    def _next_stage(self, first: Model) -> Model:
+        """A new model of ``config.context`` whose input is the image and ``first``'s probabilities."""
+        from .heads import add_image_head, add_superpixel_branch
+
+        seed = int(first.provenance.get("seed", self.config.seed)) + 1
+        model = Model.create(self.config.context, first.in_channels, first.n_classes, first.activation, seed,
+                             first.class_names, first.dtype, first.filters, context=first)
+        c = first.in_channels
+        model.norm_mean[:c], model.norm_std[:c] = first.norm_mean[:c], first.norm_std[:c]
+        if self.dataset is None:
+            model.fit_filter_statistics(self.images)
+        else:
+            model.fit_filter_statistics(self.dataset.pair(i)[0] for i in range(len(self.dataset)))
+        if first.superpixels is not None:
+            add_superpixel_branch(model, **first.superpixels)
+        if first.image_head is not None:
+            add_image_head(model, first.image_head["loss_weight"])
+        return model
+
+    def _run_stage(self, steps: int, seconds: float | None, step0: int, total, start: float, stage: int = 0):
+        """Train ``self.model`` for ``steps`` steps (or ``seconds``); ``Progress.step`` counts on from
+        ``step0``, ``Progress.n_steps`` is ``total(planned steps of this stage)`` and
+        ``Progress.elapsed`` counts from ``start``."""
+        cfg = self.config
         model = self.model
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(cfg.seed if stage == 0 else [cfg.seed, stage])
         if self.dataset is None:
             xs = [normalise(model, img) for img in self.images]
             usable = [i for i, lab in enumerate(self.labels) if lab.any() or self._has_target(i)]
@@ -164,16 +222,15 @@ class Trainer:
         opt = make_optimizer(cfg.optimizer, theta.size, cfg.momentum)
         good = theta.copy()
         workspace = Workspace()  # activation buffers reused by every step of this run
-        start = time.perf_counter()
         order: list[int] = []
         provenance = model.provenance
         provenance.setdefault("steps", 0)
         provenance.update(
             optimizer=cfg.optimizer, lr=base_lr, schedule=cfg.schedule, augment=cfg.augment,
             balance=cfg.balance, seed=cfg.seed, crop=cfg.crop, crop_by_class=cfg.crop_by_class,
-            elastic=float(cfg.elastic), intensity=float(cfg.intensity), seconds=cfg.seconds,
+            elastic=float(cfg.elastic), intensity=float(cfg.intensity), seconds=seconds,
         )
-        planner = _StepPlanner(int(cfg.steps), cfg.seconds)
+        planner = _StepPlanner(int(steps), seconds)
         step = 0
         while step < planner.planned:
             step += 1
@@ -218,7 +275,7 @@ class Trainer:
             if due or self._preview_requested:
                 self._preview_requested = False
                 probs = self.preview()
-            yield Progress(step, planner.planned, loss, time.perf_counter() - start, lr, index, probs)
+            yield Progress(step0 + step, total(planner.planned), loss, time.perf_counter() - start, lr, index, probs)
         provenance["final_loss"] = self.last_loss
         return model
 
