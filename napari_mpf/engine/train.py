@@ -20,10 +20,10 @@ from .heads import has_heads
 from .inputs import InputError, check_training_pairs
 from .loss import Batch, batch_loss, crop_box, make_batch
 from .model import Model
-from .spec import parse_spec
 from .network import Workspace
 from .optim import OPTIMIZERS, default_lr, make_optimizer
 from .predict import normalise, predict_proba
+from .spec import parse_spec
 from .superpixels import slic_superpixels
 
 __all__ = ["TrainConfig", "Progress", "Trainer", "train", "fit"]
