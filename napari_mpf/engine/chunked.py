@@ -163,7 +163,9 @@ def predict_region(
     """Predict outputs ``rows x cols`` (``(start, stop)`` pairs) of an image of ``image_shape`` ``(H, W)``.
 
     ``read(row_slice, col_slice)`` returns those pixels ``(C, h, w)`` of the image; it is called once,
-    for the bounding box of the pixels the region needs (halo included, mirrored at the image border).
+    for the bounding box of the pixels the region needs (halo included, mirrored at the image border),
+    and once more per ``context`` stage, whose probabilities are computed for the pixels of that box
+    (so they equal the whole-image ones; :func:`halo` covers both).
     ``output``: ``"probabilities"`` ``(K, h, w)`` float32, ``"logits"`` (model dtype) or
     ``"segmentation"`` ``(h, w)`` labels 1..K.
     """
