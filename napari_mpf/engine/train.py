@@ -139,8 +139,10 @@ class Trainer:
             n = len(self.images)
         if not 0 <= self.config.preview_index < n:
             raise InputError(f"preview_index {self.config.preview_index} is not one of the {n} images")
-        if self.config.context is not None:
-            parse_spec(self.config.context, model.n_classes)  # a bad second-stage spec fails now, not halfway
+        if self.config.context is not None:  # a second stage that cannot be built fails now, not halfway
+            last = parse_spec(self.config.context, model.n_classes).layers[-1]
+            if has_heads(model) and (last.kind == "pool" or tuple(last.size) != (1, 1)):
+                raise InputError("the second stage needs a last layer of 1x1 (fully connected) to take the heads")
         self.image_targets = self._image_targets(image_labels, n)
         self._segments: dict[int, np.ndarray] = {}
         self._preview_requested = False

@@ -92,6 +92,18 @@ def test_training_changes_only_the_second_stage_and_lowers_its_loss():
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
+def test_a_second_stage_that_cannot_take_the_heads_is_refused_before_training():
+    from napari_mpf.engine import InputError
+    from napari_mpf.engine.heads import add_superpixel_branch
+
+    image = np.zeros((20, 20), np.float32)
+    labels = np.zeros((20, 20), np.int32)
+    labels[:5], labels[-5:] = 1, 2
+    first = add_superpixel_branch(Model.for_data([image], [labels], spec="C3x3x4, MPF2x2, FC8"), 30.0)
+    with pytest.raises(InputError, match="1x1"):
+        Trainer(first, [image], [labels], TrainConfig(steps=4, context="IN8x8, C3x3x4, MPF2x2, FC2"))
+
+
 def test_a_first_stage_for_other_channels_or_classes_is_refused():
     first = Model.create("C3x3x4, MPF2x2, FC5", 1, 2)
     with pytest.raises(SpecError, match="must match"):
