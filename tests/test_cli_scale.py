@@ -221,3 +221,9 @@ def test_train_on_a_folder_of_pairs_streams_them(tmp_path):
     model = load_model(out)
     assert model.provenance["steps"] == 4 and model.provenance["cli"]["pairs"].endswith("set")
     assert main(["train", "--pairs", str(tmp_path / "set"), "--image", "x.tif", "--out", str(out)]) == 2
+    two = tmp_path / "two.npz"  # auto-context on a streamed set: the second stage reads its pairs too
+    assert main(["train", "--pairs", str(tmp_path / "set"), "--spec", "C3x3x4, MPF2x2, C3x3x4, FC8", "--filters",
+                 "multiscale", "--context", "C3x3x3, MPF2x2, FC6", "--steps", "4", "--out", str(two), "--quiet"]) == 0
+    model = load_model(two)
+    assert model.context is not None and model.provenance["steps"] == 2 and model.context.provenance["steps"] == 2
+    assert np.isfinite(model.filter_mean).all() and model.filter_mean.size == 2 * 18
