@@ -181,9 +181,7 @@ def predict_region(
     if block.shape[0] == 4 and model.in_channels == 3:  # RGBA: the model reads RGB
         block = block[:3]
     if model.context is not None:  # the stage input: the first stage's probabilities of these pixels
-        first = predict_region(model.context, read, image_shape, (r0, r1), (c0, c1))
-        dtype = np.float64 if block.dtype == np.float64 else np.float32  # as Model.stage_input
-        block = np.concatenate([block.astype(dtype, copy=False), first[1:].astype(dtype)])
+        block = model.stage_input(block, predict_region(model.context, read, image_shape, (r0, r1), (c0, c1)))
     region = block[:, ridx - r0][:, :, cidx - c0]
     logits = predict_tile_logits(model, region)
     if output == "logits":

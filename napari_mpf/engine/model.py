@@ -61,16 +61,17 @@ class Model:
         """Channels the first layer reads: the stage's, times the input filters' outputs."""
         return self.stage_channels * n_outputs(self.filters)
 
-    def stage_input(self, image) -> np.ndarray:
+    def stage_input(self, image, probabilities: np.ndarray | None = None) -> np.ndarray:
         """The checked ``(C, H, W)`` image, followed with a ``context`` model by that model's
-        probabilities of classes ``2..K`` (raw, before this model's normalisation)."""
+        probabilities of classes ``2..K`` (raw, before this model's normalisation).
+        ``probabilities``: the context model's ``(K, H, W)`` for these pixels, if already computed."""
         from .inputs import as_image
         from .predict import predict_proba
 
         x = as_image(image, self.in_channels)
         if self.context is None:
             return x
-        p = predict_proba(self.context, x)[1:]
+        p = (predict_proba(self.context, x) if probabilities is None else probabilities)[1:]
         return np.concatenate([x, p.astype(x.dtype)])
 
     @property

@@ -149,7 +149,10 @@ def refine_with_superpixels(model: Model, image, probabilities: np.ndarray, size
                             compactness: float = 0.3) -> np.ndarray:
     """Superpixel post-processing (Schuurmans et al. 2018, V1): every class probability averaged
     over each SLIC superpixel of mean area ``size`` pixels (computed on the normalised image)."""
-    segments = slic_superpixels(normalise(model, image)[: model.in_channels], size, compactness)
+    x = as_image(image, model.in_channels)  # the image channels only: no filters, no first stage
+    c, dtype = model.in_channels, model.dtype
+    mean, std = model.norm_mean[:c].astype(dtype)[:, None, None], model.norm_std[:c].astype(dtype)[:, None, None]
+    segments = slic_superpixels((x.astype(dtype) - mean) / std, size, compactness)
     return refine_probabilities(probabilities, segments)
 
 

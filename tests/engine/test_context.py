@@ -131,3 +131,15 @@ def test_chunked_prediction_equals_whole_image_prediction(chunks):
     assert halo(second)[0][0] > halo(second, stage=True)[0][0]  # the first stage's window adds to the halo
     got = predict_dask(second, image, chunks=chunks).compute()
     np.testing.assert_allclose(got, predict_proba(second, image), rtol=0, atol=1e-6)
+
+
+def test_superpixel_refinement_reads_the_normalised_image_channels_only():
+    from napari_mpf.engine.predict import normalise, refine_with_superpixels
+    from napari_mpf.engine.superpixels import refine_probabilities, slic_superpixels
+
+    _, second = _two_stages(dtype=np.float32, filters={"smooth": [1.0], "gradient": [1.0], "hessian": []})
+    image = make_image((30, 34), 1, seed=8).astype(np.float32)
+    probs = predict_proba(second, image)
+    segments = slic_superpixels(normalise(second, image)[:1], 40.0, 0.3)
+    np.testing.assert_array_equal(refine_with_superpixels(second, image, probs, 40.0),
+                                  refine_probabilities(probs, segments))
