@@ -8,7 +8,12 @@
 - **Intensity jitter**: the normalised image's contrast and brightness change at random
   (``a * x + b``), and its input filters' outputs change exactly as filtering the changed image
   would change them (smoothings follow ``a * s + b``, derivatives ``a * d``), computed from the
-  filters already applied.
+  filters already applied. Only the image's channels change, not a first stage's probabilities
+  (auto-context).
+- **Shading**: the same change, but ``a`` and ``b`` vary smoothly across the batch (cubic spline
+  interpolated from a 3 x 3 grid of random values spanning it), like an uneven light. The filter
+  outputs follow the local ``a`` and ``b`` as under intensity jitter, which is exact only where
+  the shading is flat over the filter's reach.
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .features import offset_follows
+from .features import n_outputs, offset_follows
 from .loss import Batch
 from .model import Model
 from .superpixels import relabel
 
-__all__ = ["GRID_SPACING", "elastic_deform", "displacement_field", "intensity_jitter"]
+__all__ = ["GRID_SPACING", "elastic_deform", "displacement_field", "intensity_jitter", "shading"]
 
 #: Spacing (pixels) of the coarse grid of random displacement vectors.
 GRID_SPACING = 64
@@ -69,17 +74,42 @@ def elastic_deform(batch: Batch, window: tuple[int, int], strength: float, rng: 
 def intensity_jitter(batch: Batch, model: Model, amount: float, rng: np.random.Generator) -> Batch:
     """A new :class:`Batch` whose normalised image is ``a * x + b``, with ``log a`` and ``b`` drawn
     uniformly from ``[-amount, amount]`` (``b`` in units of the image's standard deviation), and
-    its standardised filter outputs changed to match."""
+    its standardised filter outputs changed to match; a first stage's probabilities stay."""
     a = float(np.exp(rng.uniform(-amount, amount)))
     b = float(rng.uniform(-amount, amount))
-    c = model.stage_channels
-    scale = np.full(batch.padded.shape[0], a)
-    shift = np.full(batch.padded.shape[0], b)
+    c, image = model.stage_channels, model.in_channels
+    scale, shift = np.ones(batch.padded.shape[0]), np.zeros(batch.padded.shape[0])
+    scale[:image], shift[:image] = a, b  # a first stage's probabilities (channels image..c) stay
     if model.filters:
-        follows = np.asarray(offset_follows(model.filters, c), bool)
-        mean, std = np.asarray(model.filter_mean, np.float64), np.asarray(model.filter_std, np.float64)
+        k = n_outputs(model.filters) - 1  # filter outputs per stage channel, channel after channel
+        follows = np.asarray(offset_follows(model.filters, image), bool)
+        mean = np.asarray(model.filter_mean, np.float64)[: image * k]
+        std = np.asarray(model.filter_std, np.float64)[: image * k]
         # z = (f - m) / s and f -> a f + b [smoothings] give z -> a z + ((a - 1) m + b [smoothings]) / s
-        shift[c:] = ((a - 1) * mean + b * follows) / std
+        scale[c : c + image * k] = a
+        shift[c : c + image * k] = ((a - 1) * mean + b * follows) / std
     padded = batch.padded * scale[:, None, None].astype(batch.padded.dtype)
     padded += shift[:, None, None].astype(batch.padded.dtype)
+    return Batch(padded, batch.labels, batch.segments, batch.n_segments, batch.valid, batch.image_target)
+
+
+def shading(batch: Batch, model: Model, amount: float, rng: np.random.Generator) -> Batch:
+    """A new :class:`Batch` whose normalised image channels are ``a * x + b`` with ``log a`` and
+    ``b`` smooth random fields (standard deviation ``amount`` at the nodes of a 3 x 3 grid over the
+    batch; ``b`` in units of the image's standard deviation), and their filter outputs changed to
+    match (see the module's docstring)."""
+    _, ph, pw = batch.padded.shape
+    log_a, b = displacement_field((ph, pw), amount, rng, spacing=-(-max(ph, pw) // 2))
+    a = np.exp(log_a)
+    padded = batch.padded.copy()
+    image = model.in_channels
+    padded[:image] = a * padded[:image] + b
+    if model.filters:
+        c, k = model.stage_channels, n_outputs(model.filters) - 1
+        follows = np.asarray(offset_follows(model.filters, 1), bool)
+        mean, std = np.asarray(model.filter_mean, np.float64), np.asarray(model.filter_std, np.float64)
+        for ch in range(image):
+            for j in range(k):
+                i = ch * k + j
+                padded[c + i] = a * padded[c + i] + ((a - 1) * mean[i] + b * follows[j]) / std[i]
     return Batch(padded, batch.labels, batch.segments, batch.n_segments, batch.valid, batch.image_target)

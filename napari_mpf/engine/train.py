@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .augment import elastic_deform, intensity_jitter
+from .augment import elastic_deform, intensity_jitter, shading
 from .dihedral import dihedral
 from .heads import has_heads
 from .inputs import InputError, check_training_pairs
@@ -46,7 +46,9 @@ class TrainConfig:
     0, every batch is elastically deformed (:mod:`~napari_mpf.engine.augment`) by smooth random
     displacements with this standard deviation in pixels (0 = off). ``intensity``: when above 0,
     every batch's contrast and brightness change at random by up to this much
-    (:func:`~napari_mpf.engine.augment.intensity_jitter`; 0 = off).
+    (:func:`~napari_mpf.engine.augment.intensity_jitter`; 0 = off). ``shading``: the same, but
+    varying smoothly across the batch like an uneven light (:func:`~napari_mpf.engine.augment.shading`;
+    0 = off).
     ``seconds``: train for about this long after the first step (which may include Numba's
     compilation) instead: ``steps`` is then only a cap, and after every
     step the planned step count (which the learning-rate schedule reads, and :class:`Progress`
@@ -73,6 +75,7 @@ class TrainConfig:
     crop_by_class: bool = False
     elastic: float = 0.0
     intensity: float = 0.0
+    shading: float = 0.0
     seconds: float | None = None
     context: str | None = None
     context_share: float = 0.5
@@ -92,6 +95,8 @@ class TrainConfig:
             raise InputError(f"seconds must be a positive number of seconds (or None), got {self.seconds}")
         if not (0 <= self.intensity <= 2):
             raise InputError(f"intensity must be between 0 and 2, got {self.intensity}")
+        if not (0 <= self.shading <= 2):
+            raise InputError(f"shading must be between 0 and 2, got {self.shading}")
         if self.balance not in (True, False, "global"):
             raise InputError(f"balance must be True, False or 'global', got {self.balance!r}")
         if not 0 < self.context_share < 1:
@@ -230,7 +235,8 @@ class Trainer:
         provenance.update(
             optimizer=cfg.optimizer, lr=base_lr, schedule=cfg.schedule, augment=cfg.augment,
             balance=cfg.balance, seed=cfg.seed, crop=cfg.crop, crop_by_class=cfg.crop_by_class,
-            elastic=float(cfg.elastic), intensity=float(cfg.intensity), seconds=seconds,
+            elastic=float(cfg.elastic), intensity=float(cfg.intensity), shading=float(cfg.shading),
+            seconds=seconds,
         )
         planner = _StepPlanner(int(steps), seconds)
         step = 0
@@ -262,6 +268,8 @@ class Trainer:
                 batch = elastic_deform(batch, model.window, float(cfg.elastic), rng)
             if cfg.intensity > 0:
                 batch = intensity_jitter(batch, model, float(cfg.intensity), rng)
+            if cfg.shading > 0:
+                batch = shading(batch, model, float(cfg.shading), rng)
             lr = base_lr * _schedule(cfg.schedule, step, planner.planned)
             loss = self._step(opt, theta, batch, lr, workspace)
             if math.isfinite(loss):

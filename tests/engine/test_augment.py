@@ -96,3 +96,84 @@ def test_intensity_jitter_equals_filtering_the_changed_image():
     np.testing.assert_array_equal(jittered.labels, batch.labels)
     with pytest.raises(InputError, match="intensity"):
         Trainer(model, [sample.image], [sample.strokes], TrainConfig(intensity=-0.1))
+
+
+def _shaded(model, value: float, amount: float, seed: int):
+    from napari_mpf.engine.augment import shading
+
+    batch = _checkerboard_batch(out=96, channels=model.stage_channels)
+    batch.padded[:] = value
+    return shading(batch, model, amount, np.random.default_rng(seed)), batch
+
+
+def test_shading_is_a_smooth_gain_and_offset_of_the_image_only():
+    model = Model.create("C3x3x4, MPF2x2, FC8", in_channels=1, n_classes=2)
+    zero, batch = _shaded(model, 0.0, 0.3, seed=4)
+    one, _ = _shaded(model, 1.0, 0.3, seed=4)
+    b = zero.padded[0]
+    a = one.padded[0] - b
+    assert (a > 0).all()
+    assert 0.05 < np.std(np.log(a)) < 0.6 and 0.05 < np.std(b) < 0.6  # it varies, about as asked
+    assert np.abs(np.diff(b, axis=0)).max() < 0.05 and np.abs(np.diff(np.log(a), axis=1)).max() < 0.05  # smoothly
+    np.testing.assert_array_equal(one.labels, batch.labels)
+    # a first stage's probabilities are not an image: they stay as they are
+    first = Model.create("C3x3x4, MPF2x2, FC8", in_channels=1, n_classes=3)
+    second = Model.create("C3x3x4, MPF2x2, FC8", in_channels=1, n_classes=3, context=first)
+    shaded, batch = _shaded(second, 0.5, 0.3, seed=4)
+    assert not np.allclose(shaded.padded[0], 0.5)
+    np.testing.assert_array_equal(shaded.padded[1:], batch.padded[1:])
+
+
+def test_shaded_filter_outputs_are_close_to_filtering_the_shaded_image():
+    from napari_mpf.engine.augment import shading
+    from napari_mpf.engine.features import apply_filters
+    from napari_mpf.engine.loss import make_batch
+    from napari_mpf.engine.predict import normalise
+
+    sample = two_texture_sample((160, 160), seed=3)
+    filters = {"smooth": [1.0], "gradient": [1.0], "hessian": [1.0]}
+    model = Model.for_data([sample.image], [sample.strokes], spec="C3x3x4, MPF2x2, C3x3x6, FC8", seed=0,
+                           filters=filters).astype(np.float64)
+    batch = make_batch(model, normalise(model, sample.image), sample.strokes)
+    shaded = shading(batch, model, 0.3, np.random.default_rng(2))
+    mean, std = np.asarray(model.filter_mean)[:, None, None], np.asarray(model.filter_std)[:, None, None]
+    refiltered = (apply_filters(shaded.padded[:1], model.filters)[1:] - mean) / std
+    inner = (slice(None), slice(8, -8), slice(8, -8))  # away from the border the filters see differently
+    change = np.abs(shaded.padded[1:] - batch.padded[1:])[inner]
+    miss = np.abs(shaded.padded[1:] - refiltered)[inner]
+    assert change.mean() > 0.05
+    assert miss.mean() < 0.1 * change.mean()
+
+
+def test_training_with_shading_learns_and_refuses_bad_amounts():
+    sample = two_texture_sample((96, 96), seed=0)
+    model = Model.for_data([sample.image], [sample.strokes], spec="C3x3x4, MPF2x2, C3x3x6, FC8", seed=0)
+    config = TrainConfig(steps=30, shading=0.3, seed=0, lr=0.01)
+    losses = [p.loss for p in Trainer(model, [sample.image], [sample.strokes], config).run()]
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert model.provenance["shading"] == 0.3
+    for bad in (-0.1, 3.0, float("nan")):
+        with pytest.raises(InputError, match="shading"):
+            Trainer(model, [sample.image], [sample.strokes], TrainConfig(shading=bad))
+
+
+def test_intensity_jitter_leaves_a_first_stages_probabilities_alone():
+    from napari_mpf.engine.augment import intensity_jitter
+    from napari_mpf.engine.loss import make_batch
+    from napari_mpf.engine.predict import normalise
+
+    sample = two_texture_sample((64, 64), seed=3)
+    first = Model.for_data([sample.image], [sample.strokes], spec="C3x3x4, MPF2x2, FC8", seed=0, filters="multiscale")
+    second = Model.for_data([sample.image], [sample.strokes], spec="C3x3x4, MPF2x2, FC8", seed=1,
+                            filters="multiscale", context=first)
+    alone = intensity_jitter(make_batch(first, normalise(first, sample.image), sample.strokes), first, 0.3,
+                             np.random.default_rng(5))
+    batch = make_batch(second, normalise(second, sample.image), sample.strokes)
+    jittered = intensity_jitter(batch, second, 0.3, np.random.default_rng(5))
+    c, k = second.stage_channels, alone.padded.shape[0] - 1  # 2 stage channels; k filter outputs each
+    assert c == 2
+    np.testing.assert_array_equal(jittered.padded[1], batch.padded[1])  # the probabilities
+    np.testing.assert_array_equal(jittered.padded[c + k :], batch.padded[c + k :])  # and their filters
+    np.testing.assert_allclose(jittered.padded[0], alone.padded[0], rtol=1e-5, atol=1e-5)  # the image as alone
+    np.testing.assert_allclose(jittered.padded[c : c + k], alone.padded[1:], rtol=1e-4, atol=1e-4)
