@@ -380,6 +380,7 @@ class TrainerWidget(QWidget):
         self.new_labels_btn.clicked.connect(self.new_labels)
         self.spec_combo.currentTextChanged.connect(self._update_spec_info)
         self.filters_combo.currentTextChanged.connect(self._update_spec_info)
+        self.context_combo.currentTextChanged.connect(self._update_spec_info)
         self.classes_edit.editingFinished.connect(self._update_spec_info)
         self.train_btn.clicked.connect(self.train)
         self.stop_btn.clicked.connect(self.stop)
@@ -465,12 +466,20 @@ class TrainerWidget(QWidget):
             filters = check_filters(self._filters_setting())
             window, params = self.controller.describe_spec(self.spec_combo.currentText(), n_classes,
                                                            channels * n_outputs(filters))
+            second = self.context_combo.currentText()
+            if second != "none":  # it reads the image and the first stage's K - 1 probabilities
+                window2, params2 = self.controller.describe_spec(
+                    second, n_classes, (channels + n_classes - 1) * n_outputs(filters))
         except UserError as exc:
             self.spec_info.setText(str(exc))
             self.spec_info.setStyleSheet("color: #ff6b6b;")
             return
         self.spec_info.setStyleSheet("")
-        self.spec_info.setText(f"window {window[0]}×{window[1]} · {params:,} parameters")
+        if second == "none":
+            self.spec_info.setText(f"window {window[0]}×{window[1]} · {params:,} parameters")
+        else:  # a second stage sees the first stage's outputs over its own window
+            h, w = window[0] + window2[0] - 1, window[1] + window2[1] - 1
+            self.spec_info.setText(f"two stages: window {h}×{w} · {params + params2:,} parameters")
 
     # ----------------------------------------------------------------- layers
     def _on_image_changed(self, layer) -> None:

@@ -43,6 +43,12 @@ def test_widget_trains_two_stages_and_shows_them(viewer_widget, qtbot, tmp_path)
     assert model.context is not None
     np.testing.assert_allclose(viewer.layers["img p(blob)"].data, predict_proba(model, image)[1], atol=1e-6)
     assert "auto-context" in w.model_info.toPlainText()
+    # the network line counts both stages: the second reads the first's outputs over its own window
+    params = model.n_params + model.context.n_params
+    assert w.spec_info.text() == f"two stages: window 31×31 · {params:,} parameters"  # 8 + 24 - 1
+    w.context_combo.setCurrentText("none")
+    assert w.spec_info.text() == f"window 8×8 · {model.context.n_params:,} parameters"
+    w.context_combo.setCurrentText("fast")
 
     # an imported one-stage model sets the control back; a two-stage one names both stages
     plain = Model.for_data([image], [strokes], spec=SMALL_SPEC, class_names=["background", "blob"])
