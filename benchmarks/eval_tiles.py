@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--label-frac", type=float, default=0.25,
                     help="defect share of a block above which the low-resolution pixel is labelled defect")
     ap.add_argument("--val-fraction", type=float, default=0.3, help="share of the groups used for validation")
-    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--split-seed", type=int, nargs="+", default=[0],
+                    help="seed(s) of the group split; several: every split in turn, then the mean of each row")
     ap.add_argument("--n-pixels", type=int, default=5000, help="pixels per class in the balanced sample")
     ap.add_argument("--pixel-label-share", type=float, default=1.0,
                     help="share of the training images that keep their pixel labels (seeded, stratified by "
@@ -124,15 +125,55 @@ def _pair(row: dict, key: str) -> str:
 
 
 def main(argv=None) -> list[dict]:
+    """Evaluate every variant on every ``--split-seed``; returns one row per (split, variant)."""
     args = build_parser().parse_args(argv)
     with np.load(args.data) as npz:  # read every array once (NpzFile re-reads on each access)
         d = {k: npz[k] for k in npz.files}
+    results, texts = [], []
+    for split_seed in args.split_seed:
+        rows, text = evaluate_split(args, d, split_seed)
+        results += [dict(r, split_seed=split_seed) for r in rows]
+        texts.append(text)
+    if len(args.split_seed) > 1:
+        texts.append(mean_over_splits(results, args.split_seed))
+    ec.write_report("\n\n".join(texts), args.out)
+    return results
+
+
+#: (key, column) of the figures averaged over the split seeds
+MEAN_COLUMNS = [
+    ("bal_all", "bal. px err"), ("bal_no_uneven", "w/o Uneven"), ("bal_thr_all", "bal. px err @thr train"),
+    ("bal_thr_no_uneven", "w/o Uneven"), ("det_cross_all", "detection err (cross-fit)"),
+    ("det_cross_no_uneven", "w/o Uneven"), ("det_same_all", "detection err (same set)"),
+    ("det_same_no_uneven", "w/o Uneven"), ("train_s", "train s"),
+]
+
+
+def mean_over_splits(results: list[dict], split_seeds: list[int]) -> str:
+    """A table of each variant's figures: the mean over the split seeds, then each split's."""
+    rows = []
+    for variant in dict.fromkeys(r["variant"] for r in results):
+        mine = {r["split_seed"]: r for r in results if r["variant"] == variant}
+        cells = []
+        for key, _ in MEAN_COLUMNS:
+            values = [float(mine[s][key]) for s in split_seeds]
+            digits = 0 if key == "train_s" else 3
+            each = " / ".join(f"{v:.{digits}f}" for v in values)
+            cells.append(f"**{np.mean(values):.{digits}f}** ({each})")
+        rows.append([variant, *cells])
+    seeds = ", ".join(str(s) for s in split_seeds)
+    return (f"### Mean over split seeds {seeds} (each split's figure in brackets, in that order)\n\n"
+            + ec.markdown_table(["row", *(c for _, c in MEAN_COLUMNS)], rows))
+
+
+def evaluate_split(args, d: dict, split_seed: int) -> tuple[list[dict], str]:
+    """Train and score every variant on one split of the groups: the rows and their report."""
     f = int(args.downsample)
     cat = d["category"].astype(int)
     names = [str(n) for n in d["category_names"]]
     missing = d["mask_missing"].astype(bool)
     groups = d["group"]
-    tr_g, v0_g, v1_g = split_groups(groups, cat, args.val_fraction, args.split_seed)
+    tr_g, v0_g, v1_g = split_groups(groups, cat, args.val_fraction, split_seed)
     idx_train = [i for i in range(len(cat)) if groups[i] in tr_g and not missing[i]]
     idx_val = [i for i in range(len(cat)) if groups[i] not in tr_g and not missing[i]]
     if args.quick:
@@ -155,7 +196,7 @@ def main(argv=None) -> list[dict]:
         y_train.append(low_res_labels(m, f, args.label_frac))
     image_labels = [bool(d["is_defective"][i]) for i in idx_train]
     if args.pixel_label_share < 1:
-        keep = keep_pixel_labels(cat[idx_train], args.pixel_label_share, args.split_seed)
+        keep = keep_pixel_labels(cat[idx_train], args.pixel_label_share, split_seed)
         y_train = [y if k else np.zeros_like(y) for y, k in zip(y_train, keep, strict=True)]
         print(f"pixel labels kept on {int(keep.sum())} of {len(keep)} training images", flush=True)
     val_img, val_mask = zip(*(full(i) for i in idx_val), strict=True)
@@ -258,7 +299,7 @@ def main(argv=None) -> list[dict]:
                      f"{r['pred_s']:.3f}", extra])
     text = ec.report_header(
         f"Magnetic tiles: {len(idx_train)} train / {len(idx_val)} validation images, split by group, "
-        f"down-sampled {f}x"
+        f"down-sampled {f}x, split seed {split_seed}"
         + (f", pixel labels on {args.pixel_label_share:.0%} of the training images" if args.pixel_label_share < 1 else "")
         + (" (QUICK)" if args.quick else "")) + "\n" + ec.markdown_table(headers, rows)
     cat_rows = []
@@ -268,8 +309,7 @@ def main(argv=None) -> list[dict]:
                              pc["defect_share"]])
     text += "\n\nPer category (validation images; detection with the cross-fit threshold):\n\n" + ec.markdown_table(
         ["row", "category", "images", "detection err", "defect-pixel err", "background-pixel err", "defect share"], cat_rows)
-    ec.write_report(text, args.out)
-    return results
+    return results, text
 
 
 if __name__ == "__main__":

@@ -183,6 +183,19 @@ def test_eval_tiles_quick_on_synthetic(tmp_path):
         assert {pc["category"] for pc in r["per_category"]} <= {"MT_Free", "MT_Blowhole", "MT_Break", "MT_Uneven"}
     assert "Per category" in out.read_text()
 
+    # several group splits: each in turn, then every row's mean over them
+    out3 = tmp_path / "t3.md"
+    rows = eval_tiles.main(["--quick", "--data", str(path), "--downsample", "2", "--val-fraction", "0.5",
+                            "--n-pixels", "100", "--out", str(out3), "--split-seed", "0", "1", "--variants", "mpf"])
+    assert [(r["split_seed"], r["variant"]) for r in rows] == [(0, "mpf"), (1, "mpf")]
+    text = out3.read_text()
+    assert "split seed 0" in text and "split seed 1" in text
+    mean_line = next(line for line in text.splitlines() if line.startswith("| mpf | **"))
+    first = mean_line.split("|")[2].strip()  # "**mean** (split 0 / split 1)" of the balanced pixel error
+    a, b = (float(v) for v in first.split("(")[1].rstrip(")").split(" / "))
+    assert (a, b) == pytest.approx((rows[0]["bal_all"], rows[1]["bal_all"]), abs=5e-4)
+    assert float(first.split("**")[1]) == pytest.approx((rows[0]["bal_all"] + rows[1]["bal_all"]) / 2, abs=1e-3)
+
     # the seed methods as rows, with pixel labels on a quarter of the training images
     out2 = tmp_path / "t2.md"
     rows = eval_tiles.main(["--quick", "--data", str(path), "--downsample", "2", "--val-fraction", "0.5",
@@ -247,8 +260,8 @@ def test_augmentation_rows_train_with_elastic_and_intensity_changes():
     rng = np.random.default_rng(3)
     images = [rng.normal(size=(24, 24)).astype(np.float32)]
     labels = [rng.integers(0, 3, size=(24, 24)).astype(np.uint8)]
-    (row,) = ec.parse_variants(["a:steps=2,budget=0,crop=none,elastic=2,intensity=0.2"], ec.MPF_DEFAULTS)
-    assert "elastic=2" in row.describe() and "intensity=0.2" in row.describe()
+    (row,) = ec.parse_variants(["a:steps=2,budget=0,crop=none,elastic=2,intensity=0.2,shading=0.3"], ec.MPF_DEFAULTS)
+    assert "elastic=2" in row.describe() and "intensity=0.2" in row.describe() and "shading=0.3" in row.describe()
     fitted = ec.run_method(row, images, labels, log=lambda *_: None)
     assert np.isfinite(fitted.predict(images[0])).all()
 
