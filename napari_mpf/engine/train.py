@@ -7,10 +7,12 @@ Weights change only inside a step, so stopping between two yields keeps the last
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections import deque
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -219,6 +221,7 @@ class Trainer:
             usable = [i for i, lab in enumerate(self.labels) if lab.any() or self._has_target(i)]
         else:  # stream: one pair loaded (and normalised) per step
             usable = list(self.dataset.usable)
+        staged = None if self.dataset is None or model.context is None else _FirstStageCache(model.context)
         if not usable:
             raise InputError("nothing to learn from: no image has painted pixels or an image-level label")
         self._class_weight = self._global_class_weight(len(usable)) if cfg.balance == "global" else None
@@ -247,6 +250,9 @@ class Trainer:
             index = int(order.pop())
             if self.dataset is None:
                 x, lab = xs[index], self.labels[index]
+            elif staged is not None:  # a second stage: the first's probabilities come from the cache
+                image, lab = self.dataset.pair(index)
+                x = normalise(model, staged.stage_input(model, index, image), staged=True)
             else:
                 image, lab = self.dataset.pair(index)
                 x = normalise(model, image)
@@ -371,6 +377,28 @@ class Trainer:
         if not np.isfinite(theta).all():
             return float("nan")
         return loss
+
+
+class _FirstStageCache:
+    """A first stage's probabilities for streamed images, predicted once per image and kept on
+    disk, so that the second stage's steps read them instead of predicting the whole image again.
+    The temporary folder goes when the cache does."""
+
+    def __init__(self, first: Model):
+        self.first = first
+        self._folder = tempfile.TemporaryDirectory(prefix="napari-mpf-stage-")
+        self._saved: set[int] = set()
+
+    def stage_input(self, model: Model, index: int, image) -> np.ndarray:
+        """``model.stage_input(image)`` for the data set's image ``index``."""
+        path = Path(self._folder.name) / f"{index}.npy"
+        if index in self._saved:
+            probabilities = np.load(path)
+        else:
+            probabilities = predict_proba(self.first, image)
+            np.save(path, probabilities)
+            self._saved.add(index)
+        return model.stage_input(image, probabilities)
 
 
 class _StepPlanner:

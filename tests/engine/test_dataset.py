@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import tifffile
@@ -99,3 +101,22 @@ def test_label_suffixes():
     assert D._strip_label_suffix(Path("x_labels.tif")) == "x"
     assert D._strip_label_suffix(Path("x.labels.png")) == "x"
     assert D._is_label_name(Path("cell_mask.npy")) and not D._is_label_name(Path("cell.npy"))
+
+
+def test_a_streamed_second_stage_predicts_each_image_once_and_trains_as_in_memory(folder, monkeypatch):
+    T = importlib.import_module("napari_mpf.engine.train")  # the module (the package exports train())
+    ds = PairDataset.from_folder(folder, cache=0)
+    images, labels = ds.load_all()
+    model = model_for_dataset(ds, spec=SPEC, seed=2)
+    config = TrainConfig(steps=24, seed=3, context=SPEC)
+    calls = []
+    original = T.predict_proba
+    monkeypatch.setattr(T, "predict_proba", lambda m, x, *a, **k: (calls.append(m), original(m, x, *a, **k))[1])
+    streamed = Trainer(model.copy(), ds, None, config)
+    streamed_losses = [p.loss for p in streamed.run()]
+    firsts = [m for m in calls if m is streamed.model.context]
+    assert 0 < len(firsts) <= len(ds.usable) < 12  # 12 second-stage steps over 5 usable images
+    in_memory = Trainer(model.copy(), images, labels, config)
+    assert streamed_losses == [p.loss for p in in_memory.run()]
+    for a, b in zip(streamed.model.weights, in_memory.model.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
