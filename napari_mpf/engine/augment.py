@@ -77,20 +77,7 @@ def intensity_jitter(batch: Batch, model: Model, amount: float, rng: np.random.G
     its standardised filter outputs changed to match; a first stage's probabilities stay."""
     a = float(np.exp(rng.uniform(-amount, amount)))
     b = float(rng.uniform(-amount, amount))
-    c, image = model.stage_channels, model.in_channels
-    scale, shift = np.ones(batch.padded.shape[0]), np.zeros(batch.padded.shape[0])
-    scale[:image], shift[:image] = a, b  # a first stage's probabilities (channels image..c) stay
-    if model.filters:
-        k = n_outputs(model.filters) - 1  # filter outputs per stage channel, channel after channel
-        follows = np.asarray(offset_follows(model.filters, image), bool)
-        mean = np.asarray(model.filter_mean, np.float64)[: image * k]
-        std = np.asarray(model.filter_std, np.float64)[: image * k]
-        # z = (f - m) / s and f -> a f + b [smoothings] give z -> a z + ((a - 1) m + b [smoothings]) / s
-        scale[c : c + image * k] = a
-        shift[c : c + image * k] = ((a - 1) * mean + b * follows) / std
-    padded = batch.padded * scale[:, None, None].astype(batch.padded.dtype)
-    padded += shift[:, None, None].astype(batch.padded.dtype)
-    return Batch(padded, batch.labels, batch.segments, batch.n_segments, batch.valid, batch.image_target)
+    return _change_image(batch, model, a, b)
 
 
 def shading(batch: Batch, model: Model, amount: float, rng: np.random.Generator) -> Batch:
@@ -100,16 +87,21 @@ def shading(batch: Batch, model: Model, amount: float, rng: np.random.Generator)
     match (see the module's docstring)."""
     _, ph, pw = batch.padded.shape
     log_a, b = displacement_field((ph, pw), amount, rng, spacing=-(-max(ph, pw) // 2))
-    a = np.exp(log_a)
+    return _change_image(batch, model, np.exp(log_a), b)
+
+
+def _change_image(batch: Batch, model: Model, a, b) -> Batch:
+    """The batch with its normalised image channels changed to ``a * x + b`` (numbers, or fields
+    the batch's size) and their standardised filter outputs changed to match; a first stage's
+    probabilities (channels ``in_channels`` to ``stage_channels``) and their filters stay."""
     padded = batch.padded.copy()
     image = model.in_channels
     padded[:image] = a * padded[:image] + b
     if model.filters:
-        c, k = model.stage_channels, n_outputs(model.filters) - 1
-        follows = np.asarray(offset_follows(model.filters, 1), bool)
+        c, k = model.stage_channels, n_outputs(model.filters) - 1  # k filter outputs per channel, in turn
+        follows = offset_follows(model.filters, 1)
         mean, std = np.asarray(model.filter_mean, np.float64), np.asarray(model.filter_std, np.float64)
-        for ch in range(image):
-            for j in range(k):
-                i = ch * k + j
-                padded[c + i] = a * padded[c + i] + ((a - 1) * mean[i] + b * follows[j]) / std[i]
+        for i in range(image * k):
+            # z = (f - m) / s and f -> a f + b [smoothings] give z -> a z + ((a - 1) m + b [smoothings]) / s
+            padded[c + i] = a * padded[c + i] + ((a - 1) * mean[i] + b * follows[i % k]) / std[i]
     return Batch(padded, batch.labels, batch.segments, batch.n_segments, batch.valid, batch.image_target)

@@ -221,7 +221,7 @@ class Trainer:
             usable = [i for i, lab in enumerate(self.labels) if lab.any() or self._has_target(i)]
         else:  # stream: one pair loaded (and normalised) per step
             usable = list(self.dataset.usable)
-        staged = None if self.dataset is None or model.context is None else _FirstStageCache(model.context)
+        first_stage = None if self.dataset is None or model.context is None else _FirstStageCache(model.context)
         if not usable:
             raise InputError("nothing to learn from: no image has painted pixels or an image-level label")
         self._class_weight = self._global_class_weight(len(usable)) if cfg.balance == "global" else None
@@ -250,9 +250,9 @@ class Trainer:
             index = int(order.pop())
             if self.dataset is None:
                 x, lab = xs[index], self.labels[index]
-            elif staged is not None:  # a second stage: the first's probabilities come from the cache
+            elif first_stage is not None:  # a second stage: the first's probabilities come from the cache
                 image, lab = self.dataset.pair(index)
-                x = normalise(model, staged.stage_input(model, index, image), staged=True)
+                x = normalise(model, first_stage.stage_input(model, index, image), staged=True)
             else:
                 image, lab = self.dataset.pair(index)
                 x = normalise(model, image)
