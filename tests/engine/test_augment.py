@@ -63,17 +63,19 @@ def test_superpixels_are_moved_and_renumbered():
     np.testing.assert_array_equal(ids, np.arange(out.n_segments))
 
 
-def test_training_with_elastic_deformation_learns_and_refuses_bad_strengths():
+@pytest.mark.parametrize("setting, value, bad", [("elastic", 4.0, (-1.0, float("nan"))),
+                                                  ("shading", 0.3, (-0.1, 3.0, float("nan")))])
+def test_training_with_an_augmentation_learns_and_refuses_bad_settings(setting, value, bad):
     sample = two_texture_sample((96, 96), seed=0)
     model = Model.for_data([sample.image], [sample.strokes], spec="C3x3x4, MPF2x2, C3x3x6, FC8", seed=0)
-    config = TrainConfig(steps=30, elastic=4.0, seed=0, lr=0.01)
+    config = TrainConfig(steps=30, seed=0, lr=0.01, **{setting: value})
     losses = [p.loss for p in Trainer(model, [sample.image], [sample.strokes], config).run()]
     assert np.isfinite(losses).all()
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
-    assert model.provenance["elastic"] == 4.0
-    for bad in (-1.0, float("nan")):
-        with pytest.raises(InputError, match="elastic"):
-            Trainer(model, [sample.image], [sample.strokes], TrainConfig(elastic=bad))
+    assert model.provenance[setting] == value
+    for wrong in bad:
+        with pytest.raises(InputError, match=setting):
+            Trainer(model, [sample.image], [sample.strokes], TrainConfig(**{setting: wrong}))
 
 
 def test_intensity_jitter_equals_filtering_the_changed_image():
@@ -143,19 +145,6 @@ def test_shaded_filter_outputs_are_close_to_filtering_the_shaded_image():
     miss = np.abs(shaded.padded[1:] - refiltered)[inner]
     assert change.mean() > 0.05
     assert miss.mean() < 0.1 * change.mean()
-
-
-def test_training_with_shading_learns_and_refuses_bad_amounts():
-    sample = two_texture_sample((96, 96), seed=0)
-    model = Model.for_data([sample.image], [sample.strokes], spec="C3x3x4, MPF2x2, C3x3x6, FC8", seed=0)
-    config = TrainConfig(steps=30, shading=0.3, seed=0, lr=0.01)
-    losses = [p.loss for p in Trainer(model, [sample.image], [sample.strokes], config).run()]
-    assert np.isfinite(losses).all()
-    assert np.mean(losses[-5:]) < np.mean(losses[:5])
-    assert model.provenance["shading"] == 0.3
-    for bad in (-0.1, 3.0, float("nan")):
-        with pytest.raises(InputError, match="shading"):
-            Trainer(model, [sample.image], [sample.strokes], TrainConfig(shading=bad))
 
 
 def test_intensity_jitter_leaves_a_first_stages_probabilities_alone():
