@@ -24,7 +24,9 @@ Metrics on the validation images, with and without the "Uneven" category:
 
 ``--pixel-label-share 0.25`` keeps pixel labels on a quarter of the training images (seeded, per
 category) and gives every training image its image-level label (``is_defective``): the regime
-where an image-level head may help the segmentation.
+where an image-level head may help the segmentation. ``--train-skip Uneven`` leaves the training
+images of a category out (validation and every score keep them): the labels of a user who paints
+the local defects but not the broad "Uneven" shading bands.
 
     .venv/bin/python benchmarks/eval_tiles.py --downsample 4 --budget-seconds 180 \\
         --out benchmarks/RESULTS_ACCURACY.md
@@ -58,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pixel-label-share", type=float, default=1.0,
                     help="share of the training images that keep their pixel labels (seeded, stratified by "
                          "category); the others train only through image-level labels (is_defective)")
+    ap.add_argument("--train-skip", nargs="+", default=[], metavar="CATEGORY",
+                    help="leave the training images of these categories out (e.g. Uneven); validation keeps them")
     ap.add_argument("--rf-max-pixels", type=int, default=200_000)
     ec.add_common_args(ap)
     return ap
@@ -108,6 +112,15 @@ def upsample(p: np.ndarray, shape) -> np.ndarray:
     return resize(p, shape, order=1, mode="edge", anti_aliasing=False).astype(np.float32)
 
 
+def skipped_categories(requested: list[str], names: list[str]) -> set[int]:
+    """Category numbers of ``requested`` names, with or without the ``MT_`` prefix; unknown names are refused."""
+    short = {n.removeprefix("MT_").lower(): c for c, n in enumerate(names)}
+    unknown = [r for r in requested if r.removeprefix("MT_").lower() not in short]
+    if unknown:
+        raise SystemExit(f"--train-skip: unknown categories {unknown}; choose from {sorted(short)}")
+    return {short[r.removeprefix("MT_").lower()] for r in requested}
+
+
 def keep_pixel_labels(category: np.ndarray, share: float, seed: int) -> np.ndarray:
     """Which training images keep their pixel labels: ``share`` of each category (at least one), seeded."""
     rng = np.random.default_rng(seed + 1)
@@ -134,6 +147,8 @@ def main(argv=None) -> list[dict]:
         rows, text = evaluate_split(args, d, split_seed)
         results += [dict(r, split_seed=split_seed) for r in rows]
         texts.append(text)
+        if len(args.split_seed) > 1:  # each split's tables as soon as they are known (the report comes at the end)
+            print(text, flush=True)
     if len(args.split_seed) > 1:
         texts.append(mean_over_splits(results, args.split_seed))
     ec.write_report("\n\n".join(texts), args.out)
@@ -174,7 +189,8 @@ def evaluate_split(args, d: dict, split_seed: int) -> tuple[list[dict], str]:
     missing = d["mask_missing"].astype(bool)
     groups = d["group"]
     tr_g, v0_g, v1_g = split_groups(groups, cat, args.val_fraction, split_seed)
-    idx_train = [i for i in range(len(cat)) if groups[i] in tr_g and not missing[i]]
+    skip = skipped_categories(args.train_skip, names)
+    idx_train = [i for i in range(len(cat)) if groups[i] in tr_g and not missing[i] and cat[i] not in skip]
     idx_val = [i for i in range(len(cat)) if groups[i] not in tr_g and not missing[i]]
     if args.quick:
         rng = np.random.default_rng(0)
@@ -301,6 +317,7 @@ def evaluate_split(args, d: dict, split_seed: int) -> tuple[list[dict], str]:
         f"Magnetic tiles: {len(idx_train)} train / {len(idx_val)} validation images, split by group, "
         f"down-sampled {f}x, split seed {split_seed}"
         + (f", pixel labels on {args.pixel_label_share:.0%} of the training images" if args.pixel_label_share < 1 else "")
+        + (f", training without {', '.join(names[c] for c in sorted(skip))}" if skip else "")
         + (" (QUICK)" if args.quick else "")) + "\n" + ec.markdown_table(headers, rows)
     cat_rows = []
     for r in results:

@@ -186,10 +186,11 @@ def test_eval_tiles_quick_on_synthetic(tmp_path):
     # several group splits: each in turn, then every row's mean over them
     out3 = tmp_path / "t3.md"
     rows = eval_tiles.main(["--quick", "--data", str(path), "--downsample", "2", "--val-fraction", "0.5",
-                            "--n-pixels", "100", "--out", str(out3), "--split-seed", "0", "1", "--variants", "mpf"])
+                            "--n-pixels", "100", "--out", str(out3), "--split-seed", "0", "1", "--variants", "mpf",
+                            "--train-skip", "Uneven"])
     assert [(r["split_seed"], r["variant"]) for r in rows] == [(0, "mpf"), (1, "mpf")]
     text = out3.read_text()
-    assert "split seed 0" in text and "split seed 1" in text
+    assert "split seed 0" in text and "split seed 1" in text and "training without MT_Uneven" in text
     mean_line = next(line for line in text.splitlines() if line.startswith("| mpf | **"))
     first = mean_line.split("|")[2].strip()  # "**mean** (split 0 / split 1)" of the balanced pixel error
     a, b = (float(v) for v in first.split("(")[1].rstrip(")").split(" / "))
@@ -213,6 +214,16 @@ def test_keep_pixel_labels_per_category():
     category = np.array([0] * 8 + [1] * 4 + [2])
     keep = eval_tiles.keep_pixel_labels(category, 0.25, 0)
     assert keep[:8].sum() == 2 and keep[8:12].sum() == 1 and keep[12]
+
+
+def test_train_skip_names_categories_with_or_without_prefix():
+    import eval_tiles
+
+    names = ["MT_Free", "MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven"]
+    assert eval_tiles.skipped_categories(["Uneven", "MT_fray"], names) == {4, 5}
+    assert eval_tiles.skipped_categories([], names) == set()
+    with pytest.raises(SystemExit, match="unknown categories"):
+        eval_tiles.skipped_categories(["Scratch"], names)
 
 
 def test_rows_differing_only_in_prediction_settings_share_one_training():
