@@ -191,6 +191,10 @@ def test_eval_tiles_quick_on_synthetic(tmp_path):
     assert [(r["split_seed"], r["variant"]) for r in rows] == [(0, "mpf"), (1, "mpf")]
     text = out3.read_text()
     assert "split seed 0" in text and "split seed 1" in text and "training without MT_Uneven" in text
+    for seed in (0, 1):  # the Uneven images of the training groups are left out of training
+        train_groups = eval_tiles.split_groups(np.arange(n) // 2, category, 0.5, seed)[0]
+        kept = sum(1 for i in range(n) if i // 2 in train_groups and not missing[i] and category[i] != 5)
+        assert f"{kept} train / " in next(line for line in text.splitlines() if f"split seed {seed}" in line)
     mean_line = next(line for line in text.splitlines() if line.startswith("| mpf | **"))
     first = mean_line.split("|")[2].strip()  # "**mean** (split 0 / split 1)" of the balanced pixel error
     a, b = (float(v) for v in first.split("(")[1].rstrip(")").split(" / "))
