@@ -221,9 +221,9 @@ class Trainer:
             usable = [i for i, lab in enumerate(self.labels) if lab.any() or self._has_target(i)]
         else:  # stream: one pair loaded (and normalised) per step
             usable = list(self.dataset.usable)
-        first_stage = None if self.dataset is None or model.context is None else _FirstStageCache(model.context)
         if not usable:
             raise InputError("nothing to learn from: no image has painted pixels or an image-level label")
+        first_stage = None if self.dataset is None or model.context is None else _FirstStageCache(model.context)
         self._class_weight = self._global_class_weight(len(usable)) if cfg.balance == "global" else None
         n_pools = sum(layer.kind == "pool" for layer in model.spec.layers)
         base_lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, n_pools)
