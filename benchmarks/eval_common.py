@@ -269,7 +269,8 @@ class Variant:
                     f"crop {p.get('crop')}"]
             bits += [f"{k}={p[k]}" for k in ("lr", "schedule", "augment", "balance", "downsample", "norm", "by_class",
                                              "sp_branch", "sp_pool", "sp_compactness", "image_head", "refine", "tta", "ensemble",
-                                             "filters", "elastic", "intensity", "shading", "context", "context_share")
+                                             "filters", "elastic", "intensity", "shading", "smoothness", "context",
+                                             "context_share")
                      if k in p and p[k] != MPF_DEFAULTS.get(k)]
             return "mpf " + ", ".join(str(b) for b in bits)
         defaults = RF_DEFAULTS if self.kind == "rf" else {}
@@ -373,7 +374,8 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     ``by_class=true`` (crop centres drawn class first), ``filters=multiscale`` (input filter bank,
     ``napari_mpf.engine.features``), ``elastic=PIXELS``, ``intensity=AMOUNT`` and ``shading=AMOUNT`` (random elastic
     deformation, contrast/brightness jitter and smoothly varying jitter of every training batch,
-    ``napari_mpf.engine.augment``). ``tta=true``: test-time augmentation (mean
+    ``napari_mpf.engine.augment``), ``smoothness=STRENGTH`` (edge-aware smoothness of the probabilities
+    on every pixel, ``napari_mpf.engine.smoothness``). ``tta=true``: test-time augmentation (mean
     over the 8 rotations and flips). ``ensemble=N``: N networks with seeds ``seed .. seed + N - 1``
     (each trained with the row's steps or budget), probabilities averaged. ``context=SPEC``:
     auto-context (``TrainConfig.context``), a second stage of that spec (same filters and heads)
@@ -445,7 +447,8 @@ def _train_mpf(images, labels, p: dict, log, image_labels):
                augment=bool(p.get("augment", True)), balance=p["balance"] if p.get("balance") == "global" else bool(p.get("balance", True)),
                crop=p.get("crop", 256), seed=int(p.get("seed", 0)), crop_by_class=bool(p.get("by_class", False)),
                elastic=float(p.get("elastic") or 0), intensity=float(p.get("intensity") or 0),
-               shading=float(p.get("shading") or 0), context=p.get("context"), context_share=float(p.get("context_share") or 0.5))
+               shading=float(p.get("shading") or 0), smoothness=float(p.get("smoothness") or 0),
+               context=p.get("context"), context_share=float(p.get("context_share") or 0.5))
     steps = p.get("steps")
     adaptive = steps is None and budget is not None
     if steps is None:

@@ -12,6 +12,7 @@ from .kernels import softmax_cross_entropy
 from .model import Model
 from .network import Workspace, backward, forward, mirror_indices, padded_size
 from .predict import normalise
+from .smoothness import contrast_weights, smoothness_loss
 from .superpixels import relabel, slic_superpixels
 
 __all__ = ["Batch", "batch_loss", "crop_box", "labelled_box", "loss_and_gradients", "make_batch", "masked_cross_entropy"]
@@ -171,17 +172,21 @@ def crop_box(
 
 
 def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool = True,
-               class_weight: np.ndarray | None = None, workspace: Workspace | None = None):
+               class_weight: np.ndarray | None = None, workspace: Workspace | None = None,
+               smoothness: float = 0.0):
     """``(loss, grad_weights, grad_biases)`` on a batch; the gradients are ``None`` without ``need_grad``.
 
     A :class:`~napari_mpf.engine.network.Workspace` reused from step to step saves the page faults
     of fresh activation buffers.
 
     With an image-level head the loss adds its weighted sigmoid cross entropy on the known targets.
+    ``smoothness`` > 0 adds that much edge-aware smoothness over every pixel of the batch
+    (:mod:`~napari_mpf.engine.smoothness`).
     """
     if not has_heads(model):
         logits, cache = forward(model, batch.padded, keep=need_grad, workspace=workspace)
         loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance, class_weight)
+        loss = _add_smoothness(model, batch, logits, loss, grad_logits, smoothness)
         if not need_grad:
             return loss, None, None
         grad_w, grad_b = backward(model, cache, grad_logits)
@@ -190,6 +195,7 @@ def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool
         model, batch.padded, batch.segments, batch.n_segments, batch.valid, keep=need_grad, workspace=workspace
     )
     loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance, class_weight)
+    loss = _add_smoothness(model, batch, logits, loss, grad_logits, smoothness)
     grad_image = None
     if image_logits is not None and batch.image_target is not None:
         extra, grad_image = image_loss(image_logits, batch.image_target, model.image_head["loss_weight"])
@@ -198,6 +204,20 @@ def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool
         return loss, None, None
     grad_w, grad_b = model_backward(model, hcache, grad_logits, grad_image)
     return loss, grad_w, grad_b
+
+
+def _add_smoothness(model: Model, batch: Batch, logits: np.ndarray, loss: float, grad_logits: np.ndarray,
+                    strength: float) -> float:
+    """``loss`` plus the batch's edge-aware smoothness; its gradient is added to ``grad_logits``."""
+    if strength <= 0:
+        return loss
+    oh, ow = logits.shape[1:]
+    wh, ww = model.window
+    image = batch.padded[: model.in_channels, wh // 2 : wh // 2 + oh, ww // 2 : ww // 2 + ow]
+    wy, wx = contrast_weights(image, batch.valid)
+    extra, grad = smoothness_loss(logits, wy, wx, strength)
+    grad_logits += grad
+    return loss + extra
 
 
 def _loss_and_gradients(model: Model, x: np.ndarray, lab: np.ndarray, balance: bool, image_target=None):

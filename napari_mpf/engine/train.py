@@ -50,7 +50,9 @@ class TrainConfig:
     every batch's contrast and brightness change at random by up to this much
     (:func:`~napari_mpf.engine.augment.intensity_jitter`; 0 = off). ``shading``: the same, but
     varying smoothly across the batch like an uneven light (:func:`~napari_mpf.engine.augment.shading`;
-    0 = off).
+    0 = off). ``smoothness``: when above 0, the loss adds this much edge-aware smoothness of the
+    probabilities over every pixel of the batch, painted or not, so that boundaries between sparse
+    strokes follow the image's edges (:mod:`~napari_mpf.engine.smoothness`; 0 = off).
     ``seconds``: train for about this long after the first step (which may include Numba's
     compilation) instead: ``steps`` is then only a cap, and after every
     step the planned step count (which the learning-rate schedule reads, and :class:`Progress`
@@ -78,6 +80,7 @@ class TrainConfig:
     elastic: float = 0.0
     intensity: float = 0.0
     shading: float = 0.0
+    smoothness: float = 0.0
     seconds: float | None = None
     context: str | None = None
     context_share: float = 0.5
@@ -93,6 +96,8 @@ class TrainConfig:
             raise InputError(f"crop must be at least 8 pixels (or None), got {self.crop}")
         if not (self.elastic >= 0 and math.isfinite(self.elastic)):
             raise InputError(f"elastic must be a number of pixels >= 0, got {self.elastic}")
+        if not (self.smoothness >= 0 and math.isfinite(self.smoothness)):
+            raise InputError(f"smoothness must be a number >= 0, got {self.smoothness}")
         if self.seconds is not None and not (self.seconds > 0 and math.isfinite(self.seconds)):
             raise InputError(f"seconds must be a positive number of seconds (or None), got {self.seconds}")
         if not (0 <= self.intensity <= 2):
@@ -239,7 +244,7 @@ class Trainer:
             optimizer=cfg.optimizer, lr=base_lr, schedule=cfg.schedule, augment=cfg.augment,
             balance=cfg.balance, seed=cfg.seed, crop=cfg.crop, crop_by_class=cfg.crop_by_class,
             elastic=float(cfg.elastic), intensity=float(cfg.intensity), shading=float(cfg.shading),
-            seconds=seconds,
+            smoothness=float(cfg.smoothness), seconds=seconds,
         )
         planner = _StepPlanner(int(steps), seconds)
         step = 0
@@ -351,23 +356,26 @@ class Trainer:
 
     def _step(self, opt, theta, batch: Batch, lr: float, workspace: Workspace) -> float:
         model, balance = self.model, self.config.balance
-        class_weight = self._class_weight
+        class_weight, smoothness = self._class_weight, float(self.config.smoothness)
         model_weights_dtype = theta.dtype
 
         def loss_fn(vec: np.ndarray) -> float:
             saved = theta.copy()
             theta[:] = vec
             try:
-                return batch_loss(model, batch, balance, need_grad=False, class_weight=class_weight)[0]
+                return batch_loss(model, batch, balance, need_grad=False, class_weight=class_weight,
+                                  smoothness=smoothness)[0]
             finally:
                 theta[:] = saved
 
         def loss_grad_fn(vec: np.ndarray) -> tuple[float, np.ndarray]:
             theta[:] = vec.astype(model_weights_dtype)
-            loss, gw, gb = batch_loss(model, batch, balance, class_weight=class_weight, workspace=workspace)
+            loss, gw, gb = batch_loss(model, batch, balance, class_weight=class_weight, workspace=workspace,
+                                      smoothness=smoothness)
             return loss, _flat_grad(gw, gb)
 
-        loss, gw, gb = batch_loss(model, batch, balance, class_weight=class_weight, workspace=workspace)
+        loss, gw, gb = batch_loss(model, batch, balance, class_weight=class_weight, workspace=workspace,
+                                  smoothness=smoothness)
         grad = _flat_grad(gw, gb)
         if not (math.isfinite(loss) and np.isfinite(grad).all()):
             return float("nan")
