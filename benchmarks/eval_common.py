@@ -476,8 +476,10 @@ def _train_mpf(images, labels, p: dict, log, image_labels):
 def rf_features(image: np.ndarray, p: dict) -> np.ndarray:
     from skimage.feature import multiscale_basic_features
 
-    return multiscale_basic_features(np.asarray(image, np.float32), intensity=True, edges=True, texture=True,
-                                     sigma_min=float(p.get("sigma_min", 1.0)), sigma_max=float(p.get("sigma_max", 16.0)))
+    image = np.asarray(image, np.float32)
+    return multiscale_basic_features(image, intensity=True, edges=True, texture=True,
+                                     sigma_min=float(p.get("sigma_min", 1.0)), sigma_max=float(p.get("sigma_max", 16.0)),
+                                     channel_axis=0 if image.ndim == 3 else None)
 
 
 @register_method("rf")

@@ -26,7 +26,9 @@ Metrics on the validation images, with and without the "Uneven" category:
 category) and gives every training image its image-level label (``is_defective``): the regime
 where an image-level head may help the segmentation. ``--train-skip Uneven`` leaves the training
 images of a category out (validation and every score keep them): the labels of a user who paints
-the local defects but not the broad "Uneven" shading bands.
+the local defects but not the broad "Uneven" shading bands. ``--block-std`` keeps each block's
+standard deviation as a second image channel: the fine vertical streaks that mark an "Uneven" band
+are a few pixels wide, and block means erase them.
 
     .venv/bin/python benchmarks/eval_tiles.py --downsample 4 --budget-seconds 180 \\
         --out benchmarks/RESULTS_ACCURACY.md
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "category); the others train only through image-level labels (is_defective)")
     ap.add_argument("--train-skip", nargs="+", default=[], metavar="CATEGORY",
                     help="leave the training images of these categories out (e.g. Uneven); validation keeps them")
+    ap.add_argument("--block-std", action="store_true",
+                    help="down-sampling keeps each block's standard deviation as a second image channel "
+                         "(the fine texture that block means erase)")
     ap.add_argument("--rf-max-pixels", type=int, default=200_000)
     ec.add_common_args(ap)
     return ap
@@ -89,11 +94,15 @@ def split_groups(groups: np.ndarray, category: np.ndarray, val_fraction: float, 
     return set(np.asarray(train).tolist()), set(np.asarray(folds[0]).tolist()), set(np.asarray(folds[1]).tolist())
 
 
-def down(img: np.ndarray, f: int) -> np.ndarray:
-    if f == 1:
-        return img.astype(np.float32)
+def down(img: np.ndarray, f: int, block_std: bool = False) -> np.ndarray:
+    """Block means ``(H/f, W/f)``; with ``block_std`` ``(2, H/f, W/f)``: the means and each block's
+    standard deviation."""
     h, w = img.shape
-    return img.reshape(h // f, f, w // f, f).mean(axis=(1, 3)).astype(np.float32)
+    blocks = img.reshape(h // f, f, w // f, f).astype(np.float32)
+    mean = blocks.mean(axis=(1, 3))
+    if not block_std:
+        return mean
+    return np.stack([mean, blocks.std(axis=(1, 3))])
 
 
 def low_res_labels(mask: np.ndarray, f: int, frac: float) -> np.ndarray:
@@ -140,6 +149,8 @@ def _pair(row: dict, key: str) -> str:
 def main(argv=None) -> list[dict]:
     """Evaluate every variant on every ``--split-seed``; returns one row per (split, variant)."""
     args = build_parser().parse_args(argv)
+    if args.block_std and args.downsample < 2:
+        raise SystemExit("--block-std needs --downsample 2 or more (a block of one pixel has no spread)")
     with np.load(args.data) as npz:  # read every array once (NpzFile re-reads on each access)
         d = {k: npz[k] for k in npz.files}
     results, texts = [], []
@@ -208,7 +219,7 @@ def evaluate_split(args, d: dict, split_seed: int) -> tuple[list[dict], str]:
     x_train, y_train = [], []
     for i in idx_train:
         img, m = full(i)
-        x_train.append(down(img, f))
+        x_train.append(down(img, f, args.block_std))
         y_train.append(low_res_labels(m, f, args.label_frac))
     image_labels = [bool(d["is_defective"][i]) for i in idx_train]
     if args.pixel_label_share < 1:
@@ -237,7 +248,7 @@ def evaluate_split(args, d: dict, split_seed: int) -> tuple[list[dict], str]:
         fitted = ec.run_method(v, x_train, y_train, image_labels=image_labels)
         probs, p_image, t0 = [], [], ec.time.perf_counter()
         for img in val_img:
-            small = down(img, f)
+            small = down(img, f, args.block_std)
             probs.append(upsample(np.asarray(fitted.predict(small), np.float32), img.shape))
             if fitted.predict_image is not None:
                 p_image.append(fitted.predict_image(small))
@@ -318,6 +329,7 @@ def evaluate_split(args, d: dict, split_seed: int) -> tuple[list[dict], str]:
         f"down-sampled {f}x, split seed {split_seed}"
         + (f", pixel labels on {args.pixel_label_share:.0%} of the training images" if args.pixel_label_share < 1 else "")
         + (f", training without {', '.join(names[c] for c in sorted(skip))}" if skip else "")
+        + (", block means and standard deviations" if args.block_std else "")
         + (" (QUICK)" if args.quick else "")) + "\n" + ec.markdown_table(headers, rows)
     cat_rows = []
     for r in results:
