@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from .predict import softmax
+
 __all__ = ["contrast_weights", "smoothness_loss"]
 
 _SMOOTH_SIGMA = 1.0
@@ -47,9 +49,7 @@ def smoothness_loss(logits: np.ndarray, wy: np.ndarray, wx: np.ndarray, strength
 
     The mean runs over the pairs of nonzero weight (those inside the valid part, see
     :func:`contrast_weights`)."""
-    z = np.asarray(logits, np.float64)
-    p = np.exp(z - z.max(axis=0))
-    p /= p.sum(axis=0)
+    p = softmax(np.array(logits, np.float64))
     n_pairs = max(np.count_nonzero(wy) + np.count_nonzero(wx), 1)
     dy = p[:, 1:, :] - p[:, :-1, :]
     dx = p[:, :, 1:] - p[:, :, :-1]
