@@ -315,7 +315,12 @@ def parse_variants(texts: Sequence[str] | None, base: dict) -> list[Variant]:
         kind = params.pop("kind", "rf" if name == "rf" else "mpf")
         if kind not in METHODS:
             raise SystemExit(f"unknown method kind {kind!r}; registered: {', '.join(METHODS)}")
-        merged = dict(RF_DEFAULTS if kind == "rf" else base if kind == "mpf" else {})
+        if kind == "rf":
+            merged = dict(RF_DEFAULTS)
+        elif kind == "mpf":
+            merged = dict(base)
+        else:  # another method: the common time budget and seed, its own defaults for the rest
+            merged = {k: base[k] for k in ("budget", "seed") if k in base}
         merged.update(params)
         out.append(Variant(name, kind, merged))
     return out

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import eval_common as ec  # noqa: E402
 import numpy as np  # noqa: E402
+import peer_unet  # noqa: E402, F401  (registers the optional PyTorch U-Net peer, kind "unet")
 
 
 def parse_slices(text: str) -> slice:

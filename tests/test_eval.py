@@ -344,3 +344,34 @@ def test_a_context_row_trains_two_stages_sharing_the_steps():
     fitted = ec.run_method(row, images, labels, log=lambda *_: None)
     assert fitted.info["steps_done"] == 4 and "auto-context on a first stage (C5x5x16" in fitted.info["model"]
     assert fitted.predict(images[0]).shape == (24, 24)
+
+
+def test_other_method_kinds_take_the_common_budget_and_seed():
+    base = dict(ec.MPF_DEFAULTS, budget=42.0, seed=7)
+    import peer_unet  # noqa: F401  (registers kind "unet"; torch is imported only when it trains)
+
+    (v,) = ec.parse_variants(["u:kind=unet,base=8"], base)
+    assert v.kind == "unet" and v.params == {"budget": 42.0, "seed": 7, "base": 8}
+    (v,) = ec.parse_variants(["u:kind=unet,budget=5"], base)
+    assert v.params["budget"] == 5
+
+
+def test_unet_peer_learns_membranes_and_predicts_any_size():
+    pytest.importorskip("torch")  # the optional benchmark peer (extra "bench")
+    import peer_unet
+
+    imgs, membranes = zip(*(_cells((64, 64), seed=s) for s in range(3)), strict=True)
+    labels = [m.astype(np.uint8) + 1 for m in membranes]
+    labels[1][:, :32] = 0  # unpainted pixels are left out of the loss
+    params = dict(base=4, levels=3, crop=48, batch=2, budget=6.0, seed=0)
+    fitted = peer_unet.fit_unet(list(imgs[:2]), labels[:2], params, log=lambda *a: None)
+    assert fitted.info["steps_done"] > 10 and fitted.train_seconds >= 6.0
+    prob = fitted.predict(imgs[2])
+    assert prob.shape == (64, 64) and prob.dtype == np.float32
+    assert ec.pixel_error(prob, membranes[2]) < 0.15  # a constant answer errs on ~20% of the pixels
+    odd = fitted.predict(imgs[2][:37, :45])  # sides that are no multiple of the pooling factor
+    assert odd.shape == (37, 45) and np.all((odd >= 0) & (odd <= 1))
+    tta = peer_unet.fit_unet(list(imgs[:2]), labels[:2], dict(params, budget=1.0, tta=True), log=lambda *a: None)
+    assert tta.predict(imgs[2]).shape == (64, 64)
+    with pytest.raises(ValueError, match="two classes"):
+        peer_unet.fit_unet([imgs[0]], [np.ones((64, 64), np.uint8)], params, log=lambda *a: None)
