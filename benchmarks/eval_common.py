@@ -355,6 +355,17 @@ MPF_DEFAULTS = dict(preset="fast", spec=None, activation="tanh", optimizer="adam
 #: Settings that change only the prediction: rows differing in nothing else share one training.
 PREDICT_ONLY = ("refine", "tta")
 _TRAINED: dict = {}
+
+
+def train_once(p: dict, inputs: tuple, train: Callable[[], tuple], log=print) -> tuple:
+    """``train()``'s result, computed once per method settings ``p`` (less :data:`PREDICT_ONLY`)
+    and training ``inputs``: rows that differ only in how they predict share one training."""
+    key = (repr(sorted((k, v) for k, v in p.items() if k not in PREDICT_ONLY)), *map(id, inputs))
+    if key in _TRAINED:
+        log("    same training as an earlier row (only prediction settings differ): reused")
+    else:
+        _TRAINED[key] = (train(), inputs)  # the inputs stay alive, so their ids stay unique
+    return _TRAINED[key][0]
 RF_DEFAULTS = dict(n_estimators=50, max_depth=10, max_pixels=200_000, class_weight=None, seed=0,
                    sigma_min=1.0, sigma_max=16.0)
 
@@ -406,13 +417,8 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
                     steps_planned=sum(m.info["steps_planned"] for m in members))
         return Fitted(lambda image: np.mean([m.predict(image) for m in members], axis=0),
                       sum(m.train_seconds for m in members), info)
-    key = (repr(sorted((k, v) for k, v in p.items() if k not in PREDICT_ONLY)), id(images), id(labels), id(image_labels))
-    if key in _TRAINED:
-        log("    same training as an earlier row (only prediction settings differ): reused")
-        model, seconds, info = _TRAINED[key][:3]
-    else:
-        model, seconds, info = _train_mpf(images, labels, p, log, image_labels)
-        _TRAINED[key] = (model, seconds, info, images, labels, image_labels)  # the inputs stay alive: ids unique
+    model, seconds, info = train_once(p, (images, labels, image_labels),
+                                      lambda: _train_mpf(images, labels, p, log, image_labels), log)
     compactness = float(p.get("sp_compactness") or 0.3)
     refine, tta = p.get("refine"), bool(p.get("tta"))
     last: dict = {}

@@ -2,8 +2,9 @@
 
 Not part of the product: it answers "how far is the MPCNN family from a standard encoder-decoder
 trained the same way, for the same time, on the same 2 cores?". It needs the optional ``bench``
-extra (``pip install torch==2.13.0``, a CPU build); the eval scripts register it only when torch
-imports. Rows: ``--variants unet:kind=unet`` (settings below).
+extra (``pip install torch==2.13.0``, a CPU build): the eval scripts always register the kind, and
+torch is imported only when a row trains (without it the row stops with a message that says so).
+Rows: ``--variants unet:kind=unet`` (settings below).
 
 The network (Ronneberger et al. 2015, small): ``levels`` resolutions (default 4), two 3x3 convs
 (reflect padding) + batch norm + ReLU per block, ``base`` maps at full resolution doubling at
@@ -22,6 +23,9 @@ import time
 
 import eval_common as ec
 import numpy as np
+
+from napari_mpf.engine.dihedral import dihedral, undo_dihedral
+from napari_mpf.engine.model import normalisation_from
 
 UNET_DEFAULTS = dict(base=16, levels=4, crop=256, batch=2, lr=1e-3, budget=180.0, seed=0, tta=False)
 
@@ -75,35 +79,19 @@ def _pad_to(x: np.ndarray, h: int, w: int, mode: str = "reflect") -> np.ndarray:
     return np.pad(x, pad, mode=mode)
 
 
-_TRAINED: dict = {}
-
-
 @ec.register_method("unet")
 def fit_unet(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=print, image_labels=None) -> ec.Fitted:
     """Train the U-Net peer for ``budget`` seconds; see the module docstring for the settings.
     Rows that differ only in ``tta`` train once."""
     p = {**UNET_DEFAULTS, **{k: v for k, v in p.items() if v is not None}}
-    key = (repr(sorted((k, v) for k, v in p.items() if k != "tta")), id(images), id(labels))
-    if key in _TRAINED:
-        log("    same training as an earlier row (only prediction settings differ): reused")
-        net_predict, seconds, info = _TRAINED[key][:3]
-    else:
-        net_predict, seconds, info = _train(images, labels, p, log)
-        _TRAINED[key] = (net_predict, seconds, info, images, labels)  # the inputs stay alive: ids unique
-    tta = bool(p["tta"])
+    net_predict, seconds, info = ec.train_once(p, (images, labels), lambda: _train(images, labels, p, log), log)
 
     def predict(image: np.ndarray) -> np.ndarray:
-        if not tta:
+        if not p["tta"]:
             return net_predict(image)
-        acc = np.zeros(np.shape(image)[-2:], np.float64)
-        for k in range(4):
-            for flip in (False, True):
-                xt = np.rot90(image, k, (-2, -1))
-                xt = xt[..., ::-1] if flip else xt
-                pt = net_predict(np.ascontiguousarray(xt))
-                pt = pt[:, ::-1] if flip else pt
-                acc += np.rot90(pt, -k)
-        return (acc / 8).astype(np.float32)
+        total = sum(undo_dihedral(net_predict(np.ascontiguousarray(dihedral(image, k))), k).astype(np.float64)
+                    for k in range(8))
+        return (total / 8).astype(np.float32)
 
     return ec.Fitted(predict, seconds, dict(info))
 
@@ -122,10 +110,7 @@ def _train(images, labels, p: dict, log):
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     xs = [_as_chw(x) for x in images]
-    mean = np.mean([x.mean(axis=(1, 2)) for x in xs], axis=0).astype(np.float32)[:, None, None]
-    std = np.sqrt(np.mean([x.var(axis=(1, 2)) for x in xs], axis=0)).astype(np.float32)[:, None, None]
-    std = np.maximum(std, 1e-6)
-    xs = [(x - mean) / std for x in xs]
+    mean, std = (a[:, None, None] for a in normalisation_from(xs))
     labs = [np.asarray(lab, np.int64) for lab in labels]
     n_classes = int(max(lab.max() for lab in labs))
     usable = [i for i, lab in enumerate(labs) if (lab > 0).any()]
@@ -134,6 +119,9 @@ def _train(images, labels, p: dict, log):
     levels, crop, batch = int(p["levels"]), int(p["crop"]), int(p["batch"])
     factor = 2 ** (levels - 1)
     crop = -(-crop // factor) * factor
+    # images smaller than a crop: mirror-padded once, the padding unpainted
+    xs = [_pad_to((x - mean) / std, crop, crop) for x in xs]
+    labs = [_pad_to(lab, crop, crop, mode="constant") for lab in labs]
     net = _build(xs[0].shape[0], n_classes, int(p["base"]), levels).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=float(p["lr"]))
     budget = float(p["budget"] or 0) or 180.0
@@ -148,14 +136,12 @@ def _train(images, labels, p: dict, log):
         bx, by = [], []
         for _ in range(batch):
             i = usable[rng.integers(len(usable))]
-            x, lab = _pad_to(xs[i], crop, crop), _pad_to(labs[i], crop, crop, mode="constant")
+            x, lab = xs[i], labs[i]
             y0 = rng.integers(0, x.shape[1] - crop + 1)
             x0 = rng.integers(0, x.shape[2] - crop + 1)
             xb, yb = x[:, y0:y0 + crop, x0:x0 + crop], lab[y0:y0 + crop, x0:x0 + crop]
-            k = int(rng.integers(4))
-            xb, yb = np.rot90(xb, k, (1, 2)), np.rot90(yb, k)
-            if rng.integers(2):
-                xb, yb = xb[:, :, ::-1], yb[:, ::-1]
+            k = int(rng.integers(8))
+            xb, yb = dihedral(xb, k), dihedral(yb, k)
             bx.append(np.ascontiguousarray(xb))
             by.append(np.ascontiguousarray(yb))
         yt = torch.from_numpy(np.stack(by))
