@@ -27,6 +27,7 @@ from ..engine.chunked import CountSettings, ZarrPrediction
 from ..engine.features import FILTER_BANKS, check_filters
 from ..engine.objects import ObjectCounts, count_objects
 from ..engine.predict import predict, predict_proba, refine_with_superpixels
+from ..engine.uncertainty import Uncertain, least_certain, uncertainty
 
 __all__ = ["UserError", "TrainSettings", "ImageInfo", "TrainingSet", "Controller", "OUTPUT_KEY", "heads_text"]
 
@@ -510,6 +511,25 @@ class Controller:
             layer.refresh()
             out.append(layer)
         return out
+
+    def show_uncertainty(self, image_layer, z: int | None, proba: np.ndarray, painted=None) -> Uncertain | None:
+        """Write the margin uncertainty of slice ``z`` (:func:`~napari_mpf.engine.uncertainty.uncertainty`)
+        into ``'<image> uncertainty'`` (hidden when first made: the user shows it to see where to
+        paint) and return the least certain region of the slice, leaving out ``painted`` pixels."""
+        info = self.image_info(image_layer)
+        if self.is_lazy(image_layer):
+            return None
+        layer = self._output(
+            f"{image_layer.name} uncertainty", "uncertainty", Image, info.spatial_shape, np.float32, image_layer,
+            colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", opacity=0.6, visible=False,
+        )
+        u = uncertainty(proba)
+        if z is None:
+            layer.data[...] = u
+        else:
+            layer.data[z] = u
+        layer.refresh()
+        return least_certain(proba, painted=painted)
 
     def show_segmentation(self, image_layer, z: int | None, proba: np.ndarray, class_names: list[str]) -> Labels:
         """Write the argmax segmentation (labels 1..K) of slice ``z`` into ``'<image> segmentation'``."""

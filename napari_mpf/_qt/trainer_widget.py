@@ -125,6 +125,7 @@ class TrainerWidget(QWidget):
         self._live_pending = False
         self.messages: list[tuple[str, str]] = []
         self.timings: dict[str, float] = {}
+        self.last_hint = None
         self._build()
         self._connect()
         self._on_image_changed(self.image_combo.layer())
@@ -276,6 +277,13 @@ class TrainerWidget(QWidget):
         form.addRow(self.progress)
         self.loss_plot = LossPlot()
         form.addRow(self.loss_plot)
+        self.hint_label = QLabel("")
+        self.hint_label.setWordWrap(True)
+        self.hint_label.setToolTip(
+            "Where the model is least sure (the two most likely classes closest). Show the "
+            "'<image> uncertainty' layer to see all such places; strokes there teach the model most."
+        )
+        form.addRow(self.hint_label)
         live = QHBoxLayout()
         self.live_check = QCheckBox("live: retrain")
         self.live_check.setToolTip("After you paint more strokes, train a few more steps from the current weights")
@@ -642,6 +650,8 @@ class TrainerWidget(QWidget):
                 worker.quit()
                 self._error(str(exc))
                 return
+            self._show_hint(run.image_layer, z, p.probabilities,
+                            run.tset.labels[run.trainer.config.preview_index])
             if run.first_preview is None:
                 run.first_preview = now - run.started
                 self.timings["first_preview"] = run.first_preview
@@ -650,6 +660,27 @@ class TrainerWidget(QWidget):
         elif now - run.last_preview > self.preview_interval:
             run.trainer.request_preview()
             run.last_preview = now
+
+    def _painted(self, image_layer, z: int | None):
+        """The strokes of ``image_layer`` (slice ``z``) when the chosen Labels layer holds them, else None."""
+        labels = self.labels_combo.layer()
+        if labels is None or image_layer is not self.image_combo.layer():
+            return None
+        data = labels.data if z is None else labels.data[z]
+        return data if data.shape == self.controller.image_info(image_layer).shape else None
+
+    def _show_hint(self, image_layer, z: int | None, proba, painted) -> None:
+        """Update the uncertainty layer and the line saying where the model is least certain."""
+        where = self.controller.show_uncertainty(image_layer, z, proba, painted)
+        if where is None:
+            self.hint_label.setText("")
+            return
+        slice_text = "" if z is None else f" of slice {z}"
+        self.hint_label.setText(
+            f"Least certain: around row {where.y}, column {where.x}{slice_text} "
+            f"({where.unsure_share:.0%} of the image unsure). Strokes there help most."
+        )
+        self.last_hint = where
 
     def _on_train_error(self, exc: Exception) -> None:
         # napari's worker already shows the exception as a notification
@@ -743,6 +774,8 @@ class TrainerWidget(QWidget):
             try:
                 self.controller.show_probabilities(image_layer, z, proba, frozen.class_names, image_proba)
                 self.controller.show_segmentation(image_layer, z, proba, frozen.class_names)
+                if z is None or z == self.controller.current_slice(image_layer):
+                    self._show_hint(image_layer, z, proba, self._painted(image_layer, z))
             except UserError as exc:
                 worker.quit()
                 self._error(str(exc))

@@ -75,3 +75,4 @@ def test_stack_counts_per_slice_with_unique_labels():
 def test_rejects_bad_shape():
     with pytest.raises(ValueError, match="probability map"):
         count_objects(np.zeros(5))
+

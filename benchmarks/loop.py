@@ -1,0 +1,397 @@
+"""The annotate -> train -> correct loop as a person runs it, ours against the forest on the same strokes.
+
+A simulated user (``simulated_user.py``) paints round 1: ``--first-strokes`` short strokes per
+class (3 px wide, 12-24 px long) in the middle of each class's regions and along thin structures.
+Each later round adds ``--more-strokes`` strokes where the preview is most wrong (the largest wrong
+region first, painted with the true class there) or, with ``--place uncertain``, where it is least
+certain. After every round each method learns from the same strokes: our network **continues from
+its current weights** for ``--round-seconds`` (as live retraining does; ``--round-steps`` gives a
+step count instead, for runs on a busy machine), the forest (scikit-image
+``multiscale_basic_features`` + 50 trees, the ilastik / convpaint approach) refits.
+
+Scores after every round: pixel error of the segmentation (arg-max) on the unpainted pixels of the
+painted image and on other images of the set, the trivial answer's error (every pixel the most
+common class), F1 per class, predicted vs true share of the foreground class, the seconds of the
+round and, in round 1, the seconds from Train to the first preview. On the defect tiles also the
+"defect present" flag (an object of >= 10 px at p >= 0.5, the widget's defaults) on defect-free
+and defective other tiles.
+
+Tasks: ``em`` paints one ISBI 2012 slice and scores two others; ``tiles`` paints one defective
+magnetic tile and scores three defective and three defect-free tiles of other acquisition groups.
+``--runs`` tasks per data set, each with its own images and seed.
+
+    .venv/bin/python benchmarks/loop.py                        # both data sets, ~10 min
+    .venv/bin/python benchmarks/loop.py --place uncertain      # strokes where the model is unsure
+    .venv/bin/python benchmarks/loop.py --methods ours rf 'wide:preset=wide,filters=none'
+
+Writes a markdown report (``--out``, default ``benchmarks/LOOP.md``), the per-round records
+(``--json``) and a plot of error vs round and vs seconds (``--plot``; needs matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import eval_common as ec  # noqa: E402
+import numpy as np  # noqa: E402
+import simulated_user as su  # noqa: E402
+
+from napari_mpf.engine import Model, TrainConfig, Trainer, predict_proba  # noqa: E402
+from napari_mpf.engine.objects import count_objects  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+#: our method's settings; every key can be overridden per row (``name:key=value,...``)
+OURS = dict(preset="fast", spec=None, filters=None, activation="tanh", optimizer="adam", lr=None,
+            crop=256, seed=0, prior=None)
+
+
+@dataclass
+class Task:
+    """One simulated session: the painted image and others scored with the same model."""
+
+    dataset: str
+    name: str
+    image: np.ndarray
+    truth: np.ndarray  # classes 1..K on every pixel
+    others: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    others_defective: list[bool] = field(default_factory=list)
+    class_names: tuple[str, ...] = ("background", "foreground")
+
+
+def em_tasks(path: Path, runs: int, seed: int) -> list[Task]:
+    data = np.load(path)
+    images, labels = data["images"], data["labels"]
+    rng = np.random.default_rng([seed, 1])
+    painted = rng.choice(len(images), size=min(runs, len(images)), replace=False)
+    tasks = []
+    for i in painted:
+        rest = [j for j in range(len(images)) if abs(j - int(i)) >= 3]
+        others = rng.choice(rest, size=2, replace=False)
+        tasks.append(Task("em", f"slice {i}", images[i], labels[i].astype(np.uint8) + 1,
+                          [(images[j], labels[j].astype(np.uint8) + 1) for j in others],
+                          [True, True], ("cell", "membrane")))
+    return tasks
+
+
+def tile_tasks(path: Path, runs: int, seed: int) -> list[Task]:
+    data = np.load(path)
+    cat, group = data["category"], data["group"]
+    usable = (data["mask_missing"] == 0)
+    defective = np.flatnonzero(usable & (cat >= 1) & (cat <= 4))
+    free = np.flatnonzero(cat == 0)
+    rng = np.random.default_rng([seed, 2])
+
+    def tile(i):
+        h, w = int(data["heights"][i]), int(data["widths"][i])
+        return data["images"][i, :h, :w], data["masks"][i, :h, :w].astype(np.uint8) + 1
+
+    tasks = []
+    for i in rng.choice(defective, size=min(runs, defective.size), replace=False):
+        others_def = rng.choice(defective[group[defective] != group[i]], size=3, replace=False)
+        others_free = rng.choice(free[group[free] != group[i]], size=3, replace=False)
+        image, truth = tile(i)
+        names = data["category_names"]
+        tasks.append(Task("tiles", f"tile {i} ({names[cat[i]]})", image, truth,
+                          [tile(j) for j in [*others_def, *others_free]], [True] * 3 + [False] * 3,
+                          ("background", "defect")))
+    return tasks
+
+
+# ----------------------------------------------------------------------------------------------
+# the methods, as a user's session: learn from the strokes so far, then predict
+
+
+class Ours:
+    """Our network: made on the first strokes, then trained on from its current weights."""
+
+    def __init__(self, p: dict, n_classes: int, class_names, round_seconds: float | None, round_steps: int | None):
+        self.p, self.n_classes, self.class_names = p, n_classes, class_names
+        self.seconds, self.steps = round_seconds, round_steps
+        self.model: Model | None = None
+        self.rounds = 0
+        self.first_preview = float("nan")
+
+    def learn(self, image: np.ndarray, labels: np.ndarray) -> dict:
+        p = self.p
+        t0 = time.perf_counter()
+        if self.model is None:
+            self.model = Model.for_data([image], [labels], spec=p.get("spec") or p["preset"],
+                                        activation=p["activation"], seed=int(p["seed"]),
+                                        class_names=list(self.class_names), filters=p.get("filters"))
+        cfg = TrainConfig(steps=int(self.steps or 100_000), seconds=None if self.steps else self.seconds,
+                          optimizer=p["optimizer"], lr=p.get("lr"), crop=p.get("crop"),
+                          seed=int(p["seed"]) * 1000 + self.rounds)
+        trainer = Trainer(self.model, [image], [labels], cfg)
+        if self.rounds == 0:
+            trainer.request_preview()  # what the widget shows first
+        steps = 0
+        for progress in trainer.run():
+            steps = progress.step
+            if progress.probabilities is not None and self.rounds == 0 and steps == 1:
+                self.first_preview = time.perf_counter() - t0
+        self.model = trainer.model
+        self.rounds += 1
+        self.shift = None
+        if p.get("prior") == "em":
+            self.shift = em_prior_shift(predict_proba(self.model, image))
+        return dict(steps=steps, loss=float(trainer.last_loss), train_seconds=time.perf_counter() - t0)
+
+    def proba(self, image: np.ndarray) -> np.ndarray:
+        probs = predict_proba(self.model, image)
+        if getattr(self, "shift", None) is not None:
+            z = np.log(np.maximum(probs, 1e-12)) + self.shift[:, None, None]
+            z -= z.max(axis=0)
+            probs = np.exp(z) / np.exp(z).sum(axis=0)
+        return probs.astype(np.float32)
+
+
+def em_prior_shift(probs: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """Saerens et al. 2002: the class priors of these pixels by EM, as a log shift from equal priors."""
+    k = probs.shape[0]
+    p = probs.reshape(k, -1).astype(np.float64)
+    prior = np.full(k, 1.0 / k)
+    for _ in range(iterations):
+        q = p * (prior * k)[:, None]
+        q /= q.sum(axis=0)
+        new = q.mean(axis=1)
+        if np.abs(new - prior).max() < 1e-5:
+            break
+        prior = new
+    return np.log(np.maximum(prior, 1e-4) * k)
+
+
+class Forest:
+    """The peer: ``multiscale_basic_features`` + a random forest, refitted on all strokes each round
+    (features computed once per image, as the peers cache them)."""
+
+    def __init__(self, p: dict):
+        self.p, self.clf = p, None
+        self._features: dict[int, np.ndarray] = {}
+
+    def _feats(self, image: np.ndarray) -> np.ndarray:
+        key = id(image)  # the task keeps its images alive, so their ids stay unique
+        if key not in self._features:
+            self._features[key] = ec.rf_features(image, self.p)
+        return self._features[key]
+
+    def learn(self, image: np.ndarray, labels: np.ndarray) -> dict:
+        from sklearn.ensemble import RandomForestClassifier
+
+        t0 = time.perf_counter()
+        f = self._feats(image)
+        sel = labels > 0
+        self.clf = RandomForestClassifier(n_estimators=int(self.p["n_estimators"]), max_depth=self.p["max_depth"],
+                                          n_jobs=2, random_state=int(self.p["seed"]))
+        self.clf.fit(f[sel], labels[sel])
+        return dict(steps=0, loss=float("nan"), train_seconds=time.perf_counter() - t0)
+
+    def proba(self, image: np.ndarray) -> np.ndarray:
+        f = self._feats(image)
+        k = int(max(self.clf.classes_))
+        out = np.zeros((k, *f.shape[:2]), np.float32)
+        probs = self.clf.predict_proba(f.reshape(-1, f.shape[-1]))
+        for j, c in enumerate(self.clf.classes_):
+            out[int(c) - 1] = probs[:, j].reshape(f.shape[:2])
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# scores
+
+
+def scores(probs: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """Pixel error of the arg-max, F1 per class, shares of the last class (over ``mask``)."""
+    pred = np.argmax(probs, axis=0) + 1
+    if mask is not None:
+        pred, truth = pred[mask], truth[mask]
+    out = dict(error=float(np.mean(pred != truth)),
+               trivial=float(1 - np.bincount(truth.ravel()).max() / truth.size),
+               pred_share=float(np.mean(pred == probs.shape[0])), true_share=float(np.mean(truth == probs.shape[0])))
+    for c in range(1, probs.shape[0] + 1):
+        tp = np.sum((pred == c) & (truth == c))
+        denom = np.sum(pred == c) + np.sum(truth == c)
+        out[f"f1_{c}"] = float(2 * tp / denom) if denom else float("nan")
+    return out
+
+
+def flagged(probs: np.ndarray) -> bool:
+    """The widget's default "defect present": one object of >= 10 px with p(last class) >= 0.5."""
+    return bool(count_objects(probs[-1], 0.5, min_area=10).present[0])
+
+
+def run_task(task: Task, method: str, params: dict, args, place: str) -> list[dict]:
+    """The rounds of one simulated session for one method; one record per round."""
+    rng = np.random.default_rng([int(params.get("seed", 0)), abs(hash(task.name)) % 2**31])
+    n_classes = int(task.truth.max())
+    if params["kind"] == "rf":
+        learner = Forest(params)
+    else:
+        learner = Ours(params, n_classes, task.class_names, args.round_seconds, args.round_steps)
+    labels = su.first_strokes(task.truth, args.first_strokes, rng)
+    records, probs = [], None
+    for r in range(1, args.rounds + 1):
+        if r > 1:
+            labels = su.correction_strokes(task.truth, labels, probs, args.more_strokes, rng, place)
+        t0 = time.perf_counter()
+        info = learner.learn(task.image, labels)
+        probs = learner.proba(task.image)
+        seconds = time.perf_counter() - t0
+        s = scores(probs, task.truth, labels == 0)
+        other = [scores(learner.proba(img), tru) | {"flag": None} for img, tru in task.others]
+        rec = dict(dataset=task.dataset, task=task.name, method=method, place=place, round=r,
+                   painted=int((labels > 0).sum()), seconds=seconds, **info, **s,
+                   other_error=float(np.mean([o["error"] for o in other])),
+                   other_trivial=float(np.mean([o["trivial"] for o in other])))
+        if r == 1 and isinstance(learner, Ours):
+            rec["first_preview"] = learner.first_preview
+        if task.dataset == "tiles":
+            flags = [flagged(learner.proba(img)) for img, _ in task.others]
+            free = [f for f, d in zip(flags, task.others_defective, strict=True) if not d]
+            hit = [f for f, d in zip(flags, task.others_defective, strict=True) if d]
+            rec["false_flags"] = float(np.mean(free))
+            rec["missed_flags"] = float(1 - np.mean(hit))
+        records.append(rec)
+        print(f"  {task.dataset} {task.name} {method} r{r}: err {s['error']:.3f} other {rec['other_error']:.3f} "
+              f"(trivial {s['trivial']:.3f}) share {s['pred_share']:.2f}/{s['true_share']:.2f} "
+              f"{seconds:.1f}s {info['steps']} steps", flush=True)
+    return records
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+
+def _mean(values) -> float:
+    """Mean of the finite values (NaN when there are none)."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """Means over tasks per (data set, method, placement, round)."""
+    keys = sorted({(r["dataset"], r["method"], r["place"], r["round"]) for r in records},
+                  key=lambda k: (k[0], k[2], k[1], k[3]))
+    out = []
+    for key in keys:
+        rows = [r for r in records if (r["dataset"], r["method"], r["place"], r["round"]) == key]
+        mean = {k: _mean([r.get(k) for r in rows]) for k in rows[0]
+                if isinstance(rows[0][k], (int, float)) and k != "round"}
+        mean.update(dataset=key[0], method=key[1], place=key[2], round=key[3], n=len(rows))
+        out.append(mean)
+    return out
+
+
+def report(summary: list[dict], args) -> str:
+    lines = [ec.report_header("Loop benchmark: simulated user, ours vs the forest on the same strokes"),
+             f"- {args.runs} task(s) per data set; round 1: {args.first_strokes} strokes per class; "
+             f"rounds 2-{args.rounds}: {args.more_strokes} strokes each; training per round: "
+             + (f"{args.round_steps} steps" if args.round_steps else f"{args.round_seconds:g} s") + "\n"]
+    for dataset in sorted({s["dataset"] for s in summary}):
+        for place in sorted({s["place"] for s in summary if s["dataset"] == dataset}):
+            rows = [s for s in summary if s["dataset"] == dataset and s["place"] == place]
+            head = ["method", "round", "painted px", "error", "trivial", "other images", "other trivial",
+                    "pred / true share", "F1 fg", "s / round", "first preview s"]
+            if dataset == "tiles":
+                head += ["false flags", "missed flags"]
+            table = []
+            for s in rows:
+                row = [s["method"], s["round"], int(s["painted"]), s["error"], s["trivial"], s["other_error"],
+                       s["other_trivial"], f"{s['pred_share']:.2f} / {s['true_share']:.2f}",
+                       s.get(f"f1_{int(round(s.get('n_classes', 2)))}", s.get("f1_2")), s["seconds"],
+                       s.get("first_preview")]
+                if dataset == "tiles":
+                    row += [s.get("false_flags"), s.get("missed_flags")]
+                table.append(row)
+            lines += [f"### {dataset}, strokes placed where the preview is {'wrong' if place == 'error' else 'least certain'}",
+                      "", ec.markdown_table(head, table), ""]
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    """Error vs round and vs cumulative seconds, one panel pair per data set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({s["dataset"] for s in summary})
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(10, 3.6 * len(datasets)), squeeze=False)
+    for row, dataset in zip(axes, datasets, strict=True):
+        series = sorted({(s["method"], s["place"]) for s in summary if s["dataset"] == dataset})
+        for method, place in series:
+            pts = [s for s in summary if (s["dataset"], s["method"], s["place"]) == (dataset, method, place)]
+            rounds = [s["round"] for s in pts]
+            err = [s["error"] for s in pts]
+            label = method if place == "error" else f"{method} ({place})"
+            row[0].plot(rounds, err, marker="o", label=label)
+            row[1].plot(np.cumsum([s["seconds"] for s in pts]), err, marker="o", label=label)
+        trivial = [s["trivial"] for s in summary if s["dataset"] == dataset and s["round"] == 1]
+        for ax in row:
+            ax.axhline(float(np.mean(trivial)), color="grey", ls=":", label="trivial (round 1)")
+            ax.set_ylabel("pixel error, unpainted pixels")
+            ax.set_title(dataset)
+        row[0].set_xlabel("round")
+        row[1].set_xlabel("seconds since the first Train")
+        row[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["em", "tiles"], choices=["em", "tiles"])
+    ap.add_argument("--data", type=Path, default=ec.SHARED_DATA)
+    ap.add_argument("--runs", type=int, default=5, help="tasks (images and seeds) per data set")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--first-strokes", type=int, default=10, help="strokes per class in round 1")
+    ap.add_argument("--more-strokes", type=int, default=5, help="strokes added in each later round")
+    ap.add_argument("--round-seconds", type=float, default=6.0, help="our training per round (s)")
+    ap.add_argument("--round-steps", type=int, default=None, help="train this many steps per round instead")
+    ap.add_argument("--place", default="error", choices=["error", "uncertain", "both"])
+    ap.add_argument("--methods", nargs="+", default=["ours", "rf"], metavar="NAME[:k=v,...]",
+                    help="rows: 'ours' (the defaults), 'rf' (the forest), or NAME:key=value,... over OURS")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=HERE / "LOOP.md", help="markdown report (overwritten)")
+    ap.add_argument("--json", type=Path, default=HERE / "loop_latest.json", help="per-round records")
+    ap.add_argument("--plot", type=Path, default=HERE / "loop.png")
+    return ap
+
+
+def main(argv=None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    if args.round_seconds > 30:
+        raise SystemExit("--round-seconds is at most 30: the loop is about seconds, not minutes")
+    variants = ec.parse_variants(args.methods, dict(OURS, seed=args.seed))
+    tasks = []
+    if "em" in args.datasets:
+        tasks += em_tasks(args.data / "isbi2012_train.npz", args.runs, args.seed)
+    if "tiles" in args.datasets:
+        tasks += tile_tasks(args.data / "magnetic_tile_train.npz", args.runs, args.seed)
+    places = ["error", "uncertain"] if args.place == "both" else [args.place]
+    records = []
+    for task in tasks:
+        for v in variants:
+            for place in places:
+                records += run_task(task, v.name, dict(v.params, kind=v.kind), args, place)
+    summary = summarise(records)
+    text = report(summary, args)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    if args.plot:
+        plot(summary, args.plot)
+    return records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The loop benchmark (benchmarks/loop.py, simulated_user.py): the simulated user's strokes and one
+short session end to end on tiny synthetic data (never on ../shared)."""
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import loop  # noqa: E402
+import simulated_user as su  # noqa: E402
+
+from napari_mpf.engine.synthetic import two_texture_sample  # noqa: E402
+
+
+def _membranes(shape=(96, 96)) -> np.ndarray:
+    """Cells (1) separated by 3-px membranes (2) on a grid."""
+    truth = np.ones(shape, np.uint8)
+    for k in range(0, shape[0], 24):
+        truth[k : k + 3, :] = 2
+        truth[:, k : k + 3] = 2
+    return truth
+
+
+def test_first_strokes_stay_inside_their_class_and_are_short():
+    truth = _membranes()
+    labels = su.first_strokes(truth, 4, np.random.default_rng(0))
+    assert set(np.unique(labels)) == {0, 1, 2}
+    painted = labels > 0
+    assert np.all(labels[painted] == truth[painted])  # never across a boundary
+    comps, n = ndi.label(painted, np.ones((3, 3)))
+    assert 4 <= n <= 8
+    for i in range(1, n + 1):
+        ys, xs = np.nonzero(comps == i)
+        extent = max(np.ptp(ys), np.ptp(xs)) + 1
+        assert extent <= su.STROKE_LENGTH[1] + su.STROKE_WIDTH
+    # cell strokes keep off the membranes: no cell stroke pixel touches a membrane pixel
+    near_membrane = ndi.binary_dilation(truth == 2)
+    assert not np.any((labels == 1) & near_membrane)
+
+
+def test_correction_strokes_go_where_the_preview_is_wrong():
+    truth = _membranes()
+    rng = np.random.default_rng(1)
+    labels = su.first_strokes(truth, 2, rng)
+    before = labels.copy()
+    # a preview that calls one whole cell "membrane"
+    probs = np.stack([(truth == 1), (truth == 2)]).astype(np.float32)
+    wrong = np.zeros(truth.shape, bool)
+    wrong[27:45, 27:45] = True
+    probs[:, wrong] = [[0.1], [0.9]]
+    out = su.correction_strokes(truth, labels, probs, 1, rng)
+    assert np.array_equal(labels, before)  # the input is not changed
+    new = (out > 0) & (before == 0)
+    assert new.any() and np.all(wrong[new]) and np.all(out[new] == 1)
+    # placed where the model is unsure instead: a tie over another cell
+    probs2 = np.stack([(truth == 1), (truth == 2)]).astype(np.float32)
+    probs2[:, 51:69, 51:69] = 0.5
+    out2 = su.correction_strokes(truth, labels, probs2, 1, rng, place="uncertain")
+    new2 = (out2 > 0) & (labels == 0)
+    ys, xs = np.nonzero(new2)
+    assert new2.any() and ys.min() >= 48 and xs.min() >= 48 and ys.max() <= 72 and xs.max() <= 72
+    with pytest.raises(ValueError, match="place"):
+        su.correction_strokes(truth, labels, probs, 1, rng, place="random")
+
+
+def test_scores_against_known_answers():
+    truth = np.array([[1, 1], [1, 2]])
+    probs = np.stack([np.array([[0.9, 0.9], [0.2, 0.1]]), np.array([[0.1, 0.1], [0.8, 0.9]])])
+    s = loop.scores(probs, truth)
+    assert s["error"] == 0.25 and s["trivial"] == 0.25
+    assert s["pred_share"] == 0.5 and s["true_share"] == 0.25
+    assert s["f1_2"] == pytest.approx(2 / 3)
+    assert loop.scores(probs, truth, truth == 1)["error"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("kind", ["mpf", "rf"])
+def test_a_short_session_runs_every_round(kind):
+    sample = two_texture_sample((64, 64), seed=3)
+    other = two_texture_sample((64, 64), seed=4)
+    task = loop.Task("tiles", "synthetic", sample.image, sample.truth, [(other.image, other.truth)] * 2,
+                     [True, False])
+    args = SimpleNamespace(first_strokes=3, more_strokes=2, rounds=2, round_seconds=None, round_steps=2)
+    params = dict(loop.OURS, kind=kind) if kind == "mpf" else dict(loop.ec.RF_DEFAULTS, kind=kind)
+    records = loop.run_task(task, kind, params, args, "error")
+    assert [r["round"] for r in records] == [1, 2]
+    assert records[1]["painted"] > records[0]["painted"] > 0
+    for r in records:
+        assert 0 <= r["error"] <= 1 and 0 <= r["other_error"] <= 1
+        assert r["false_flags"] in (0.0, 1.0)
+    if kind == "mpf":
+        assert records[0]["steps"] == 2 and records[0]["first_preview"] > 0
+    summary = loop.summarise(records + records)
+    assert [s["n"] for s in summary] == [2, 2]
+    assert "| " + kind + " | 1 |" in loop.report(summary, SimpleNamespace(
+        runs=1, first_strokes=3, more_strokes=2, rounds=2, round_steps=2, round_seconds=None))
