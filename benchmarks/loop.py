@@ -34,6 +34,7 @@ import argparse
 import json
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,7 +127,7 @@ class Ours:
                                         activation=p["activation"], seed=int(p["seed"]),
                                         class_names=list(self.class_names), filters=p.get("filters"))
         cfg = TrainConfig(steps=int(self.steps or 100_000), seconds=None if self.steps else self.seconds,
-                          optimizer=p["optimizer"], lr=p.get("lr"), crop=p.get("crop"),
+                          optimizer=p["optimizer"], lr=self._lr(), crop=p.get("crop"),
                           seed=int(p["seed"]) * 1000 + self.rounds)
         trainer = Trainer(self.model, [image], [labels], cfg)
         if self.rounds == 0:
@@ -141,7 +142,20 @@ class Ours:
         self.shift = None
         if p.get("prior") == "em":
             self.shift = em_prior_shift(predict_proba(self.model, image))
+        elif p.get("prior") == "mean":
+            self.shift = em_prior_shift(predict_proba(self.model, image), iterations=1)
         return dict(steps=steps, loss=float(trainer.last_loss), train_seconds=time.perf_counter() - t0)
+
+    def _lr(self) -> float | None:
+        """The learning rate of this round: ``lr`` (None = the engine's default), times ``relr`` from
+        round 2 on."""
+        p = self.p
+        if self.rounds == 0 or p.get("relr") is None:
+            return p.get("lr")
+        from napari_mpf.engine.optim import default_lr
+
+        n_pools = sum(layer.kind == "pool" for layer in self.model.spec.layers)
+        return float(p.get("lr") or default_lr(p["optimizer"], n_pools)) * float(p["relr"])
 
     def proba(self, image: np.ndarray) -> np.ndarray:
         probs = predict_proba(self.model, image)
@@ -228,7 +242,7 @@ def flagged(probs: np.ndarray) -> bool:
 
 def run_task(task: Task, method: str, params: dict, args, place: str) -> list[dict]:
     """The rounds of one simulated session for one method; one record per round."""
-    rng = np.random.default_rng([int(params.get("seed", 0)), abs(hash(task.name)) % 2**31])
+    rng = np.random.default_rng([int(params.get("seed", 0)), zlib.crc32(task.name.encode())])
     n_classes = int(task.truth.max())
     if params["kind"] == "rf":
         learner = Forest(params)

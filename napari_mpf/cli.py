@@ -22,9 +22,6 @@ import numpy as np
 from . import __version__
 
 PROG = "napari-mpf"
-#: Network of `train` without --preset/--spec: the most accurate preset in the accuracy evaluation
-#: (benchmarks/RESULTS_ACCURACY.md); the widget keeps `fast` for quick live previews.
-DEFAULT_PRESET = "wide"
 _PROB_EXT = (".npy", ".tif", ".tiff", ".npz")
 _SEG_EXT = (".tif", ".tiff", ".png", ".npy", ".npz")
 _PROB_DTYPES = ("uint8", "float16", "float32")
@@ -547,7 +544,7 @@ def _train_and_save(trainer, args: argparse.Namespace, out: Path, provenance: di
 
 
 def _spec_from(args: argparse.Namespace) -> str:
-    from .engine import PRESETS
+    from .engine.spec import DEFAULT_PRESET, PRESETS
 
     if args.spec is not None:
         return args.spec

@@ -27,6 +27,7 @@ from ..engine.chunked import CountSettings, ZarrPrediction
 from ..engine.features import FILTER_BANKS, check_filters
 from ..engine.objects import ObjectCounts, count_objects
 from ..engine.predict import predict, predict_proba, refine_with_superpixels
+from ..engine.spec import DEFAULT_PRESET
 from ..engine.uncertainty import Uncertain, least_certain, uncertainty
 
 __all__ = ["UserError", "TrainSettings", "ImageInfo", "TrainingSet", "Controller", "OUTPUT_KEY", "heads_text"]
@@ -67,7 +68,7 @@ def filters_name(filters: dict | None) -> str:
 class TrainSettings:
     """What the widget's controls say (see :class:`napari_mpf.engine.TrainConfig`)."""
 
-    spec: str = "wide"
+    spec: str = DEFAULT_PRESET
     activation: str = "tanh"
     optimizer: str = "adam"
     steps: int = 200

@@ -41,6 +41,7 @@ from .._layer_style import class_names_from_features
 from ..engine import PRESETS, Model, ModelFileError, load_model, parse_spec, save_model
 from ..engine.chunked import CountSettings
 from ..engine.features import FILTER_BANKS, check_filters, n_outputs
+from ..engine.warmup import warm_up
 from .controller import (
     OUTPUT_KEY,
     Controller,
@@ -113,6 +114,9 @@ class TrainerWidget(QWidget):
     preview_updated = Signal()
     #: seconds between time-based preview requests during training
     preview_interval = 1.0
+    #: compile the engine's kernels in a background thread when the widget opens (first use only
+    #: takes long; tests that do not need it turn it off)
+    warm_up_on_open = True
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -131,6 +135,35 @@ class TrainerWidget(QWidget):
         self._on_image_changed(self.image_combo.layer())
         self._update_spec_info()
         self._show_model(None)
+        self.engine_ready = not self.warm_up_on_open
+        self._train_pending = False
+        if self.warm_up_on_open:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile the default network's kernels in a worker while the user paints; Train pressed
+        meanwhile starts when they are ready."""
+        worker = create_worker(warm_up, TrainSettings.spec, _start_thread=False)
+        self.progress.setRange(0, 0)  # a busy bar
+        self._say("Preparing the engine (first use only: compiling; you can paint meanwhile)…", notify=False)
+
+        def done(seconds) -> None:
+            self.timings["warm_up"] = float(seconds)
+            self._engine_ready_now(f"Engine ready ({seconds:.1f} s to prepare).")
+
+        worker.returned.connect(done)
+        worker.errored.connect(lambda exc: self._engine_ready_now(f"Could not prepare the engine ahead: {exc}"))
+        worker.start()
+
+    def _engine_ready_now(self, text: str) -> None:
+        self.engine_ready = True
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        if self._train_pending:
+            self._train_pending = False
+            self.train()
+        else:
+            self._say(text, notify=False)
 
     @property
     def _train_worker(self):
@@ -179,7 +212,7 @@ class TrainerWidget(QWidget):
         self.spec_combo = QComboBox()
         self.spec_combo.setEditable(True)
         self.spec_combo.addItems([*PRESETS, SMALL_SPEC])
-        self.spec_combo.setCurrentText(TrainSettings.spec)  # wide: the most accurate, ~0.5 s to a first preview
+        self.spec_combo.setCurrentText(TrainSettings.spec)  # engine.spec.DEFAULT_PRESET
         self.spec_combo.setToolTip(
             "A preset or a spec such as 'C5x5x8, MPF2x2, C3x3x8, FC32' (the last FC<classes> is added)"
         )
@@ -584,6 +617,10 @@ class TrainerWidget(QWidget):
     def train(self, *_, steps: int | None = None, live: bool = False):
         """Start training in a worker; returns the worker (None if not started)."""
         started = time.perf_counter()
+        if not self.engine_ready:
+            self._train_pending = True
+            self._say("Training starts as soon as the engine is ready (first use only)…", notify=False)
+            return None
         if self._train_worker is not None:
             self._say("Training is already running; press Stop first.", "warning", notify=not live)
             return None

@@ -10,7 +10,7 @@ import numpy as np
 
 from .features import apply_filters, check_filters, n_outputs
 from .inputs import check_training_pairs
-from .spec import NetworkSpec, SpecError, parse_spec
+from .spec import DEFAULT_PRESET, NetworkSpec, SpecError, parse_spec
 
 __all__ = ["Model"]
 
@@ -211,7 +211,7 @@ class Model:
         cls,
         images,
         labels,
-        spec: str | NetworkSpec = "fast",
+        spec: str | NetworkSpec = DEFAULT_PRESET,
         activation: str = "tanh",
         seed: int = 0,
         class_names: Sequence[str] | None = None,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["SpecError", "LayerSpec", "NetworkSpec", "PRESETS", "parse_spec", "resolve_spec"]
+__all__ = ["DEFAULT_PRESET", "SpecError", "LayerSpec", "NetworkSpec", "PRESETS", "parse_spec", "resolve_spec"]
 
 
 class SpecError(ValueError):
@@ -77,6 +77,10 @@ class NetworkSpec:
 
 
 #: Named networks. The final ``FC<classes>`` is appended when the spec is resolved.
+#: the preset a new network gets unless told otherwise (CLI, widget and Python API alike); chosen by
+#: the loop benchmark (benchmarks/loop.py)
+DEFAULT_PRESET = "fast"
+
 PRESETS: dict[str, str] = {
     # small and quick for interactive use: 24x24 window
     "fast": "C5x5x16, MPF2x2, C5x5x16, MPF2x2, C3x3x24, FC48",

@@ -8,6 +8,13 @@ from qt_helpers import configure
 from napari_mpf._qt.trainer_widget import TrainerWidget
 
 
+@pytest.fixture(autouse=True)
+def no_warm_up(monkeypatch):
+    """Widgets open without compiling ahead (the session fixture below compiled the small spec);
+    test_warm_up turns it back on."""
+    monkeypatch.setattr(TrainerWidget, "warm_up_on_open", False)
+
+
 @pytest.fixture
 def notes(monkeypatch):
     """Capture the napari notifications the widget sends: list of (level, text)."""

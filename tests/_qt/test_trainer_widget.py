@@ -287,3 +287,35 @@ def test_deleting_the_widget_stops_its_workers(make_napari_viewer, qtbot, notes)
     w.deleteLater()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=20_000)
     assert worker.abort_requested
+
+
+def test_uncertainty_layer_and_least_certain_line_follow_the_preview(viewer_widget, qtbot):
+    viewer, w = viewer_widget
+    viewer.open_sample("napari-mpf", "membrane_em")
+    w.image_combo.set_layer(viewer.layers["EM membranes"])
+    train_and_wait(qtbot, w)
+    layer = viewer.layers["EM membranes uncertainty"]
+    assert isinstance(layer, Image) and not layer.visible  # hidden until the user wants it
+    prob = viewer.layers[f"EM membranes p({w.controller.model.class_names[1]})"].data
+    np.testing.assert_allclose(layer.data, 1 - np.abs(2 * prob - 1), atol=1e-5)  # two classes: 1 - margin
+    hint = w.last_hint
+    assert hint is not None and f"row {hint.y}, column {hint.x}" in w.hint_label.text()
+    strokes = viewer.layers["EM membranes labels"].data
+    assert strokes[hint.y, hint.x] == 0  # never points at a stroke already painted
+
+
+def test_warm_up_on_open_then_train_pressed_early_starts_when_ready(make_napari_viewer, qtbot, notes, monkeypatch):
+    monkeypatch.setattr(TrainerWidget, "warm_up_on_open", True)
+    viewer = make_napari_viewer()
+    image, strokes, _ = blobs((48, 48), n=2, radius=5)
+    viewer.add_image(image, name="img")
+    viewer.add_labels(strokes, name="img labels")
+    w = TrainerWidget(viewer)
+    configure(w, steps=2)
+    assert not w.engine_ready and "Preparing the engine" in w.status.text()
+    assert w.train() is None  # pressed while compiling: remembered, not refused
+    qtbot.waitUntil(lambda: w.engine_ready, timeout=120_000)
+    qtbot.waitUntil(lambda: w.controller.model is not None, timeout=60_000)
+    wait_idle(qtbot, w)
+    assert w.timings["warm_up"] > 0 and w.controller.model.provenance["steps"] == 2
+    w.close_workers()
