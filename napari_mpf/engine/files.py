@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import Staged, make_temp, write_error_text
 from .inputs import InputError  # the engine's error type, so callers catch one class
 
 __all__ = [
@@ -62,6 +62,8 @@ READ_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".npz")
 FOLDER_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 WRITE_EXTENSIONS = (".tif", ".tiff", ".npy", ".npz", ".png")
 _IMAGEIO = (".png", ".jpg", ".jpeg")
+#: the largest class label (as :func:`~napari_mpf.engine.inputs.as_labels` accepts)
+MAX_LABEL = 255
 
 
 @dataclass
@@ -392,8 +394,12 @@ def read_labels(
                 + (f" with --label-offset {offset}" if offset else "")
                 + ")"
             )
-        if hi + offset > np.iinfo(np.int32).max // 2:
-            raise InputError(f"{n}: label value {hi:g} is too large")
+        if hi + offset > MAX_LABEL:
+            shifted = f" + --label-offset {offset} = {hi + offset:.0f}" if offset else ""
+            raise InputError(
+                f"{n}: the labels go up to {hi:.0f}{shifted}; at most {MAX_LABEL} classes are supported "
+                f"(0 = unpainted, 1..{MAX_LABEL} = classes)"
+            )
         m = m.astype(np.int32)
         if offset:
             m += np.int32(offset)
@@ -405,10 +411,12 @@ def read_labels(
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator:
-    """Open a temporary file next to ``path`` for binary writing; on success move it over ``path``.
+def atomic_open(path: str | os.PathLike, stage: Staged | None = None) -> Iterator:
+    """Open a temporary file next to ``path`` for binary writing; on success move it over ``path``
+    (with ``stage``, leave that to :meth:`~napari_mpf.engine.atomic.Staged.commit`).
 
-    On any error the temporary file is removed and an existing ``path`` is left untouched.
+    On any error the temporary file is removed and an existing ``path`` is left untouched. Temporary
+    files of ``path`` left by a killed writer are removed first.
     """
     p = Path(path)
     directory = p.parent if str(p.parent) else Path(".")
@@ -418,15 +426,18 @@ def atomic_open(path: str | os.PathLike) -> Iterator:
         raise InputError(f"cannot write {p}: it is a directory")
     try:
         mode = p.stat().st_mode & 0o777 if p.exists() else 0o644
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=directory)
+        fd, tmp = make_temp(p)
     except OSError as exc:
-        raise InputError(f"cannot write {p}: {exc.strerror or exc}") from None
+        raise InputError(write_error_text(exc, p)) from None
     os.close(fd)
     try:
         with open(tmp, "wb") as fh:  # a named file: some writers (tifffile) want its name
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        if stage is not None:
+            stage.add(tmp, p, mode)
+            return
         os.chmod(tmp, mode)
         os.replace(tmp, p)
     except BaseException:
@@ -443,8 +454,10 @@ def write_array(
     extra: dict[str, np.ndarray] | None = None,
     allowed: tuple[str, ...] = WRITE_EXTENSIONS,
     role: str = "output",
+    stage: Staged | None = None,
 ) -> Path:
-    """Write ``array`` atomically; the format follows the extension.
+    """Write ``array`` atomically (with ``stage``, once the stage commits); the format follows the
+    extension.
 
     ``.npz`` stores ``array`` under ``key`` plus the arrays in ``extra``. ``.png`` accepts 2-D (or
     ``(H, W, 3|4)``) integer arrays with values 0..65535 only (8-bit when they fit).
@@ -465,7 +478,7 @@ def write_array(
             raise InputError(f"{role} file {p}: values {lo}..{hi} do not fit a 16-bit PNG; write .tif instead")
         a = a.astype(np.uint8 if hi < 256 else np.uint16)
     try:
-        with atomic_open(p) as fh:
+        with atomic_open(p, stage) as fh:
             if ext == ".npy":
                 np.save(fh, a, allow_pickle=False)
             elif ext == ".npz":
@@ -482,7 +495,7 @@ def write_array(
     except InputError:
         raise
     except OSError as exc:
-        raise InputError(f"cannot write {p}: {exc.strerror or exc}") from None
+        raise InputError(write_error_text(exc, p)) from None
     return p
 
 
