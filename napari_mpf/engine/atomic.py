@@ -110,7 +110,7 @@ class Staged:
         self.pending.append((tmp, Path(target), mode))
 
     def commit(self) -> None:
-        for tmp, target, mode in self.pending:
+        for tmp, _, mode in self.pending:
             os.chmod(tmp, mode)
         while self.pending:
             tmp, target, _ = self.pending[0]

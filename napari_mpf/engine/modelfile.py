@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import make_temp
 from .features import check_filters, n_outputs
 from .model import Model
-from .atomic import make_temp
 from .spec import LayerSpec, SpecError, check_network_size, resolve_spec
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "save_model", "load_model", "model_header"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from .augment import elastic_deform, intensity_jitter, shading
 from .dihedral import dihedral
+from .features import n_outputs
 from .heads import has_heads
 from .inputs import InputError, check_training_pairs
 from .loss import Batch, batch_loss, crop_box, make_batch
@@ -25,7 +26,6 @@ from .model import Model
 from .network import Workspace
 from .optim import OPTIMIZERS, default_lr, make_optimizer
 from .predict import normalise, predict_proba
-from .features import n_outputs
 from .spec import check_network_size, parse_spec
 from .superpixels import slic_superpixels
 

@@ -17,7 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_mpf.engine import InputError, Model, ModelFileError, load_model, predict_proba, save_model
+from napari_mpf.engine import (
+    InputError,
+    Model,
+    ModelFileError,
+    load_model,
+    predict_proba,
+    save_model,
+)
 from napari_mpf.engine.heads import add_image_head
 
 
