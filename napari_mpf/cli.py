@@ -388,7 +388,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     sources = []
     for img_path, lab_path in zip(args.image, args.labels, strict=True):
         imgs = files.read_images(img_path, args.image_key, args.slices, crop=args.crop, channels_first=args.channels_first)
-        labs = files.read_labels(lab_path, args.labels_key, args.slices, crop=args.crop, offset=args.label_offset)
+        labs = files.read_labels(lab_path, args.labels_key, args.slices, crop=args.crop, offset=args.label_offset,
+                                 max_label=files.MAX_CLASSES)
         if len(imgs) != len(labs):
             raise CLIError(f"{img_path} gives {len(imgs)} image(s) but {lab_path} gives {len(labs)} label mask(s)")
         for img, lab, iname, lname in zip(imgs.arrays, labs.arrays, imgs.names, labs.names, strict=True):

@@ -62,8 +62,10 @@ READ_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".npz")
 FOLDER_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 WRITE_EXTENSIONS = (".tif", ".tiff", ".npy", ".npz", ".png")
 _IMAGEIO = (".png", ".jpg", ".jpeg")
-#: the largest class label (as :func:`~napari_mpf.engine.inputs.as_labels` accepts)
-MAX_LABEL = 255
+#: the largest label value :func:`read_labels` accepts by default (16-bit masks); training takes
+#: at most 255 classes (:data:`MAX_CLASSES`, as :func:`~napari_mpf.engine.inputs.as_labels`)
+MAX_LABEL = 65535
+MAX_CLASSES = 255
 
 
 @dataclass
@@ -349,12 +351,14 @@ def read_labels(
     *,
     crop: str | tuple[slice, slice] | None = None,
     offset: int = 0,
+    max_label: int = MAX_LABEL,
 ) -> ImageSet:
     """Read label masks: a list of ``(H, W)`` int32 arrays (0 = unpainted, 1..K = classes).
 
     ``offset`` is added to **every** pixel (``offset=1`` turns a dense 0/1 mask, where 0 is a class
     too, into classes 1/2). A grey RGB label image (three equal channels) is read as one channel.
-    Non-integer, negative or non-finite values raise :class:`InputError`.
+    Non-integer, negative or non-finite values, and values above ``max_label`` (after ``offset``),
+    raise :class:`InputError` before anything is allocated per label value.
     """
     arr, name = read_array(path, key, default_key="labels", role="labels")
     sel = parse_slices(slices) if isinstance(slices, str) else slices
@@ -394,11 +398,11 @@ def read_labels(
                 + (f" with --label-offset {offset}" if offset else "")
                 + ")"
             )
-        if hi + offset > MAX_LABEL:
+        if hi + offset > max_label:
             shifted = f" + --label-offset {offset} = {hi + offset:.0f}" if offset else ""
             raise InputError(
-                f"{n}: the labels go up to {hi:.0f}{shifted}; at most {MAX_LABEL} classes are supported "
-                f"(0 = unpainted, 1..{MAX_LABEL} = classes)"
+                f"{n}: the labels go up to {hi:.0f}{shifted}; at most {max_label} classes are supported "
+                f"(0 = unpainted, 1..{max_label} = classes)"
             )
         m = m.astype(np.int32)
         if offset:
