@@ -29,6 +29,7 @@ try:  # Ctrl-C while the command starts (NumPy's import): no traceback, as after
         Parser,
         check_predict_memory,
         check_writable,
+        human_bytes,
         model_file_bytes,
         save_elsewhere,
         unpainted_classes_note,
@@ -771,14 +772,6 @@ def _parse_chunks(text: str) -> tuple[int, int]:
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"  # pragma: no cover
-
-
 @contextmanager
 def _sigint_ignored():
     """Ignore SIGINT while child processes start (they inherit it across exec); restore it after."""
@@ -881,7 +874,7 @@ def _predict_zarr(args: argparse.Namespace) -> int:
     prob_dtype = args.prob_dtype or "uint8"
     z, c, h, w = vol.shape
     wh, ww = model.window
-    print(f"volume: {vol.name}: {z} slice(s) of {h}x{w} pixels, {c} channel(s), {vol.dtype} ({_human_bytes(vol.nbytes)})")
+    print(f"volume: {vol.name}: {z} slice(s) of {h}x{w} pixels, {c} channel(s), {vol.dtype} ({human_bytes(vol.nbytes)})")
     stop = threading.Event()
 
     def on_sigint(signum, frame):

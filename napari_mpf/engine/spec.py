@@ -2,7 +2,8 @@
 
 Tokens (comma or space separated, case-insensitive):
 
-- ``C<kh>x<kw>x<n>`` (or ``C<k>x<n>``): valid convolution, ``n`` output maps, then the activation;
+- ``C<kh>x<kw>x<n>`` (or ``C<k>x<n>``): valid convolution, ``n`` output maps, then the activation
+  (``C5x5``, with the two numbers equal, is refused as ambiguous: kernel without maps?);
 - ``MPF<p>x<p>`` / ``MP<p>``: max-pooling with stride ``p`` (evaluated densely as fragments);
 - ``FC<n>``: fully connected; a convolution over the remaining extent of the map;
 - optional leading ``IN<h>x<w>`` (or ``IN<s>``): the declared input window; checked going forwards.
