@@ -193,14 +193,16 @@ def _read_npy(fh, size: int, name: str) -> np.ndarray:
     return array.reshape(shape)
 
 
-def _check_scale(mean: np.ndarray, std: np.ndarray, n: int, what: str) -> None:
+def _check_scale(mean: np.ndarray, std: np.ndarray, n: int, names: tuple[str, str], label: str) -> None:
     """Refuse normalisation arrays that would make the network's input NaN or infinite."""
     if mean.shape != (n,) or std.shape != (n,):
-        raise ValueError(f"bad {what} arrays: shapes {mean.shape} and {std.shape}, expected ({n},)")
+        raise ValueError(f"bad {label} arrays {names[0]} / {names[1]}: shapes {mean.shape} and {std.shape}, "
+                         f"expected ({n},)")
     if not np.isfinite(mean).all():
-        raise ValueError(f"the {what} mean holds NaN or infinite values")
+        raise ValueError(f"{names[0]} (the {label} mean) holds NaN or infinite values")
     if not (np.isfinite(std).all() and np.all(std >= MIN_STD)):
-        raise ValueError(f"the {what} standard deviation must be finite and at least {MIN_STD:g}, got {std.tolist()}")
+        raise ValueError(f"{names[1]} (the {label} standard deviation) must be finite and at least {MIN_STD:g}, "
+                         f"got {std.tolist()}")
 
 
 def _model_from(header: dict, arrays: dict, prefix: str = "") -> Model:
@@ -282,12 +284,13 @@ def _model_from(header: dict, arrays: dict, prefix: str = "") -> Model:
         raise ValueError(f"more weight arrays than layers (w{n})")
     mean = _float32(arrays["norm_mean"], "norm_mean")
     std = _float32(arrays["norm_std"], "norm_std")
-    _check_scale(mean, std, n_stage, "normalisation")
+    _check_scale(mean, std, n_stage, ("norm_mean", "norm_std"), "normalisation")
     filter_mean = filter_std = None
     if filters:
         filter_mean = _float32(arrays["filter_mean"], "filter_mean")
         filter_std = _float32(arrays["filter_std"], "filter_std")
-        _check_scale(filter_mean, filter_std, n_stage * (n_outputs(filters) - 1), "input filters'")
+        _check_scale(filter_mean, filter_std, n_stage * (n_outputs(filters) - 1), ("filter_mean", "filter_std"),
+                     "input filters'")
     if not isinstance(header["class_names"], list):
         raise ValueError("'class_names' must be a list")
     names = [str(s) for s in header["class_names"]]
