@@ -1,25 +1,43 @@
 """Command line: ``napari-mpf train | predict | info | demo`` (no Qt, no napari).
 
-Every user error (missing or unreadable file, bad spec, shapes that do not match, labels with no
-strokes, a corrupt model file) ends with ``napari-mpf: error: <message>`` on stderr and exit
-code 2, without a traceback.
+Every user error (missing or unreadable file, bad spec or option, shapes that do not match, labels
+with no strokes, a corrupt model file, an output that cannot be written) ends with
+``napari-mpf: error: <message>`` on stderr and exit code 2, without a traceback; every output is
+checked before any work and written atomically, all at the end. Ctrl-C exits with code 130.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import os
 import sys
-import time
-from collections.abc import Sequence
-from contextlib import contextmanager
-from pathlib import Path
 
-import numpy as np
+try:  # Ctrl-C while the command starts (NumPy's import): no traceback, as after any Ctrl-C
+    import argparse
+    import contextlib
+    import json
+    import os
+    import time
+    from collections.abc import Sequence
+    from contextlib import contextmanager
+    from pathlib import Path
 
-from . import __version__
+    import numpy as np
+
+    from . import __version__
+    from .cli_checks import (
+        ENVIRONMENT_ERRNOS,
+        CLIError,
+        Parser,
+        check_predict_memory,
+        check_writable,
+        human_bytes,
+        model_file_bytes,
+        save_elsewhere,
+        unpainted_classes_note,
+        warn,
+    )
+except KeyboardInterrupt:  # pragma: no cover - exercised in a subprocess by the tests
+    sys.stderr.write("napari-mpf: aborted\n")
+    raise SystemExit(130) from None
 
 PROG = "napari-mpf"
 _PROB_EXT = (".npy", ".tif", ".tiff", ".npz")
@@ -28,10 +46,6 @@ _PROB_DTYPES = ("uint8", "float16", "float32")
 _SP_POOLS = ("max", "mean")
 _SP_COMPACTNESS = 0.3
 _IMAGE_LABEL_WORDS = {"1": 1.0, "yes": 1.0, "true": 1.0, "0": 0.0, "no": 0.0, "false": 0.0, "": None, "?": None}
-
-
-class CLIError(Exception):
-    """A user error found by the command line itself (turned into exit code 2)."""
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -78,7 +92,7 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Train a max-pooling-fragment CNN (MPF) on painted strokes and segment images, on the CPU.",
     )
@@ -265,6 +279,7 @@ def _run_training(trainer, steps: int | None, quiet: bool):
     model = None
     first_step_s = float("nan")
     t_begin = time.perf_counter()
+    trainer.finite_steps = 0
 
     def on_sigint(signum, frame):
         nonlocal stop_requested
@@ -287,6 +302,7 @@ def _run_training(trainer, steps: int | None, quiet: bool):
                 if last is None:
                     first_step_s = time.perf_counter() - t_begin
                 last = progress
+                trainer.finite_steps += bool(np.isfinite(float(progress.loss)))
                 step = int(getattr(progress, "step", bar.n + 1))
                 planned = int(getattr(progress, "n_steps", steps))
                 if planned != bar.total and planned < _NO_STEP_CAP:  # a time budget re-plans the steps as it goes
@@ -320,6 +336,18 @@ def _sample_labels(masks: list[np.ndarray], fraction: float, seed: int) -> list[
     return out
 
 
+def _as_float32(image: np.ndarray, name: str) -> np.ndarray:
+    """``image`` as float32, refusing float64 values beyond float32's range (they would become inf)."""
+    if image.dtype == np.float64 and image.size:
+        from .engine.inputs import FLOAT32_MAX
+
+        big = max(float(image.max()), -float(image.min()))
+        if big > FLOAT32_MAX:
+            raise CLIError(f"{name} has values up to {big:.3g}, beyond the float32 range (±{FLOAT32_MAX:.3g}) "
+                           "the network computes in; rescale the image")
+    return np.asarray(image, dtype=np.float32)
+
+
 def _check_painted(masks: list[np.ndarray], offset: int) -> np.ndarray:
     """Counts of painted pixels per label value; refuse no strokes and a single class with a hint."""
     top = max(int(m.max()) for m in masks)
@@ -342,6 +370,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine import Model, TrainConfig, Trainer, files
 
     out = _check_out(args.out, (".npz",), "model file")
+    check_writable(out)
     _check_head_options(args)
     if args.pairs is not None:
         if args.image or args.labels or args.sample_labels is not None:
@@ -357,7 +386,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     sources = []
     for img_path, lab_path in zip(args.image, args.labels, strict=True):
         imgs = files.read_images(img_path, args.image_key, args.slices, crop=args.crop, channels_first=args.channels_first)
-        labs = files.read_labels(lab_path, args.labels_key, args.slices, crop=args.crop, offset=args.label_offset)
+        labs = files.read_labels(lab_path, args.labels_key, args.slices, crop=args.crop, offset=args.label_offset,
+                                 max_label=files.MAX_CLASSES)
         if len(imgs) != len(labs):
             raise CLIError(f"{img_path} gives {len(imgs)} image(s) but {lab_path} gives {len(labs)} label mask(s)")
         for img, lab, iname, lname in zip(imgs.arrays, labs.arrays, imgs.names, labs.names, strict=True):
@@ -366,12 +396,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"{iname} is {img.shape[-2]}x{img.shape[-1]} pixels but its labels {lname} are "
                     f"{lab.shape[0]}x{lab.shape[1]}; they must match"
                 )
-        images += [np.asarray(a, dtype=np.float32) for a in imgs.arrays]
+        images += [_as_float32(a, n) for a, n in zip(imgs.arrays, imgs.names, strict=True)]
         masks += labs.arrays
         sources.append({"image": str(img_path), "labels": str(lab_path), "n": len(imgs), "slices": [int(i) for i in imgs.indices] if imgs.stack else None})
     if args.sample_labels is not None and args.sample_labels < 1:
         masks = _sample_labels(masks, args.sample_labels, args.seed)
     counts = _check_painted(masks, args.label_offset)
+    warn(unpainted_classes_note(counts))
     class_names = [s.strip() for s in args.class_names.split(",")] if args.class_names else None
     spec = _spec_from(args)
     model = Model.for_data(images, masks, spec=spec, activation=args.activation, seed=args.seed, class_names=class_names,
@@ -525,14 +556,25 @@ def _train_steps(args: argparse.Namespace) -> int:
 
 def _train_and_save(trainer, args: argparse.Namespace, out: Path, provenance: dict) -> int:
     """Drain the training generator with a progress bar, save the model, report."""
-    from .engine import save_model
+    from .engine import ModelFileError, save_model
 
+    check_writable(out, need=model_file_bytes(trainer.model))
     t0 = time.perf_counter()
     steps = trainer.config.steps
     model, last, done, interrupted, _ = _run_training(trainer, None if steps >= _NO_STEP_CAP else steps, args.quiet)
     elapsed = time.perf_counter() - t0
+    if done and not trainer.finite_steps:
+        lr = model.provenance.get("lr")
+        raise CLIError(
+            f"training diverged: none of the {done} step(s) gave a finite loss"
+            + (f" (learning rate {lr:g})" if isinstance(lr, float) else "")
+            + "; nothing was saved. Try a smaller --lr"
+        )
     model.provenance["cli"] = {"command": "train", **provenance, "steps_done": done, "interrupted": interrupted}
-    save_model(model, out)
+    try:
+        save_model(model, out)
+    except (OSError, ModelFileError) as exc:  # the disk filled or went away during training: keep the model
+        raise save_elsewhere(model, out, exc) from None
     loss = f"{float(last.loss):.4f}" if last is not None else "n/a"
     rate = f" ({elapsed / done:.3f} s/step)" if done else ""
     print(f"trained {done} step(s) in {elapsed:.1f} s{rate}; final loss {loss}")
@@ -555,7 +597,7 @@ def _spec_from(args: argparse.Namespace) -> str:
 
 
 def _train_pairs(args: argparse.Namespace, out: Path) -> int:
-    """``train --pairs FOLDER``: the data set is streamed, one pair per step."""
+    """``train --pairs FOLDER``: the data set is streamed, one pair per step (``out`` is checked)."""
     from .engine import TrainConfig, Trainer
     from .engine.dataset import PairDataset, model_for_dataset
 
@@ -579,6 +621,7 @@ def _train_pairs(args: argparse.Namespace, out: Path) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine import files, load_model, segment
+    from .engine.atomic import Staged
     from .engine.chunked import encode_probabilities
     from .engine.predict import predict, predict_proba, refine_with_superpixels
 
@@ -603,9 +646,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _refuse_overwrite(out, [args.image, args.model], "probabilities file")
     if seg_out is not None:
         _refuse_overwrite(seg_out, [args.image, args.model, out], "segmentation file")
+    if counts_out is not None:
+        _refuse_overwrite(counts_out, [args.image, args.model, out, *([seg_out] if seg_out else [])], "counts file")
+    outputs = [o for o in (out, seg_out, counts_out) if o is not None]
+    for o in outputs:  # every output writable before any work
+        check_writable(o)
     model = load_model(args.model)
     settings = _count_settings(args, model) if counts_out is not None else None
     imgs = files.read_images(args.image, args.image_key, args.slices, crop=args.crop, channels_first=args.channels_first)
+    if seg_out is not None and seg_out.suffix.lower() == ".png" and imgs.stack:
+        raise CLIError(f"segmentation file {seg_out}: PNG holds one image; {args.image} is a stack of {len(imgs)}, "
+                       "write .tif instead")
+    check_predict_memory(model, [a.shape for a in imgs.arrays], args.augment)
     names = list(model.class_names)
     compactness = args.superpixel_compactness or _SP_COMPACTNESS
     if args.refine_superpixels is not None:
@@ -616,7 +668,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     for img, name in zip(tqdm(imgs.arrays, desc="predicting", unit="image", disable=args.quiet or len(imgs) < 2, file=sys.stderr), imgs.names, strict=True):
-        x = np.asarray(img, dtype=np.float32)
+        x = _as_float32(img, name)
         pred = predict(model, x)
         p = predict_proba(model, x, augment=True) if args.augment else pred.probabilities
         if args.refine_superpixels is not None:
@@ -640,28 +692,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
     extra = {"class_names": names_arr}
     if image_probs:
         extra["image_probabilities"] = np.stack(image_probs) if imgs.stack else image_probs[0]
-    files.write_array(out, prob, key="probabilities", extra=extra, allowed=_PROB_EXT, role="probabilities")
+    stage = Staged()  # every output is written, then all replace their targets: all or nothing
+    try:
+        files.write_array(out, prob, key="probabilities", extra=extra, allowed=_PROB_EXT, role="probabilities",
+                          stage=stage)
+        if seg_out is not None:
+            seg = np.stack(segs) if imgs.stack else segs[0]
+            seg = seg.astype(np.uint8 if len(names) < 256 else np.uint16, copy=False)
+            files.write_array(seg_out, seg, key="segmentation", extra={"class_names": names_arr}, allowed=_SEG_EXT,
+                              role="segmentation", stage=stage)
+        if counts_out is not None:
+            _write_counts(counts_out, names, [(z, n, c, f) for z, (n, c, f) in enumerate(rows)], image_probs or None,
+                          stage)
+        stage.commit()
+    finally:
+        stage.discard()
     scale = " (probability = value / 255)" if prob_dtype == "uint8" else ""
     print(f"wrote probabilities {tuple(prob.shape)} {prob_dtype}{scale} to {out} ({elapsed:.2f} s for {len(imgs)} image(s))")
     if image_probs:
         kept = "with them (array image_probabilities)" if out.suffix.lower() == ".npz" else "not in it (a .npz output or --counts keeps them)"
         print(f"image-level head probabilities: printed above, {kept}")
     if seg_out is not None:
-        seg = np.stack(segs) if imgs.stack else segs[0]
-        seg = seg.astype(np.uint8 if len(names) < 256 else np.uint16, copy=False)
-        if seg_out.suffix.lower() == ".png" and seg.ndim != 2:
-            raise CLIError(f"segmentation file {seg_out}: PNG holds one image; this is a stack of {seg.shape[0]}, write .tif instead")
-        files.write_array(seg_out, seg, key="segmentation", extra={"class_names": names_arr}, allowed=_SEG_EXT, role="segmentation")
         print(f"wrote segmentation {tuple(seg.shape)} (labels 1..{len(names)}) to {seg_out}")
     if counts_out is not None:
-        _write_counts(counts_out, names, [(z, n, c, f) for z, (n, c, f) in enumerate(rows)], image_probs or None)
         flagged = sum(int(c[2]) for _, c, _ in rows)
         print(f"wrote counts of '{names[settings.class_index]}' objects to {counts_out}: "
               f"{sum(int(c[0]) for _, c, _ in rows)} object(s), {flagged} of {len(rows)} image(s) flagged")
     return 0
 
 
-def _write_counts(path: Path, names: list[str], rows, image_probs: list[np.ndarray] | None) -> None:
+def _write_counts(path: Path, names: list[str], rows, image_probs: list[np.ndarray] | None, stage=None) -> None:
     """The per-slice counts CSV; with an image-level head, plus one column ``p_image_<class>`` per
     class after the first."""
     from .engine.chunked import write_counts_csv
@@ -669,7 +729,7 @@ def _write_counts(path: Path, names: list[str], rows, image_probs: list[np.ndarr
     extra = {}
     if image_probs:
         extra = {f"p_image_{_class_label(names, k)}": [float(p[k - 1]) for p in image_probs] for k in range(1, len(names))}
-    write_counts_csv(path, names, rows, extra=extra)
+    write_counts_csv(path, names, rows, extra=extra, stage=stage)
 
 
 def _count_settings(args: argparse.Namespace, model):
@@ -707,14 +767,6 @@ def _parse_chunks(text: str) -> tuple[int, int]:
     if len(values) not in (1, 2) or min(values) < 1:
         raise CLIError(f"--chunks {text}: give one positive size (1024) or rows,cols (512,2048)")
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 @contextmanager
@@ -804,6 +856,9 @@ def _predict_zarr(args: argparse.Namespace) -> int:
         raise CLIError("with a .zarr output the segmentation is stored in the store (array 'segmentation'); drop --segmentation")
     _refuse_overwrite(out, [args.image, args.model], "output store")
     counts_out = _check_out(args.counts, (".csv",), "counts file") if args.counts else None
+    check_writable(out, inside=out.is_dir())
+    if counts_out is not None:
+        check_writable(counts_out)
     chunks = _parse_chunks(args.chunks or "1024")
     model = load_model(args.model)
     if model.superpixels is not None:
@@ -816,7 +871,7 @@ def _predict_zarr(args: argparse.Namespace) -> int:
     prob_dtype = args.prob_dtype or "uint8"
     z, c, h, w = vol.shape
     wh, ww = model.window
-    print(f"volume: {vol.name}: {z} slice(s) of {h}x{w} pixels, {c} channel(s), {vol.dtype} ({_human_bytes(vol.nbytes)})")
+    print(f"volume: {vol.name}: {z} slice(s) of {h}x{w} pixels, {c} channel(s), {vol.dtype} ({human_bytes(vol.nbytes)})")
     stop = threading.Event()
 
     def on_sigint(signum, frame):
@@ -829,7 +884,7 @@ def _predict_zarr(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
-        with _dask_scheduler(args) as (scheduler, where):
+        with _store_errors(out), _dask_scheduler(args) as (scheduler, where):
             # the store is made (or checked for resuming) once the scheduler is up
             job = ZarrPrediction(model, vol, out, chunks, prob_dtype, settings, overwrite=args.overwrite)
             print(f"output: {out}: probabilities ({z}, {model.n_classes}, {h}, {w}) {prob_dtype}, segmentation; "
@@ -868,6 +923,21 @@ def _predict_zarr(args: argparse.Namespace) -> int:
         print(f"wrote per-slice counts of '{names[settings.class_index]}' objects to {counts_out}: "
               f"{int(counts[:, 0].sum())} object(s), {int(counts[:, 2].sum())} of {z} slice(s) flagged")
     return 0
+
+
+@contextmanager
+def _store_errors(out: Path):
+    """A full disk or read-only file system while the store is written: a user error that says the
+    finished chunks are kept."""
+    try:
+        yield
+    except OSError as exc:
+        from .engine.atomic import write_error_text
+
+        if exc.errno not in ENVIRONMENT_ERRNOS and "requested and" not in str(exc):
+            raise
+        kept = "; the finished chunks are kept: make room and run the same command again to resume" if out.is_dir() else ""
+        raise CLIError(write_error_text(exc, out) + kept) from None
 
 
 def _jsonable(obj):
@@ -909,6 +979,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+_DEMO_MIN_SIZE = 16  # the synthetic sample's smallest side
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from scipy import ndimage as ndi
 
@@ -927,9 +1000,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.preset.strip().lower() not in PRESETS:
         raise CLIError(f"unknown preset '{args.preset}'; choose one of {', '.join(PRESETS)}")
 
+    if args.size < _DEMO_MIN_SIZE:
+        raise CLIError(f"--size {args.size}: the demo image needs at least {_DEMO_MIN_SIZE} pixels a side")
     save_dir = Path(args.save) if args.save else None
     if save_dir is not None and not save_dir.is_dir():
         raise CLIError(f"--save {save_dir}: not an existing directory")
+    _demo_files = ("demo_image.tif", "demo_strokes.tif", "demo_truth.tif", "demo_probabilities.tif",
+                   "demo_segmentation.tif", "demo_model.npz")
+    for name in _demo_files if save_dir is not None else ():
+        check_writable(save_dir / name)
     t_all = time.perf_counter()
     sample = two_texture_sample((args.size, args.size), seed=args.seed)
     names = list(sample.class_names)
@@ -972,12 +1051,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"(truth: {int(np.sum(true_sizes >= min_size))})"
     )
     if save_dir is not None:
-        files.write_array(save_dir / "demo_image.tif", sample.image)
-        files.write_array(save_dir / "demo_strokes.tif", sample.strokes)
-        files.write_array(save_dir / "demo_truth.tif", sample.truth)
-        files.write_array(save_dir / "demo_probabilities.tif", prob)
-        files.write_array(save_dir / "demo_segmentation.tif", seg.astype(np.uint8))
-        save_model(model, save_dir / "demo_model.npz")
+        from .engine.atomic import Staged
+
+        with Staged() as stage:  # all six files, or none
+            for name, array in zip(_demo_files, (sample.image, sample.strokes, sample.truth, prob, seg.astype(np.uint8)),
+                                   strict=False):
+                files.write_array(save_dir / name, array, stage=stage)
+            save_model(model, save_dir / "demo_model.npz")
         print(f"wrote demo_image.tif, demo_strokes.tif, demo_truth.tif, demo_model.npz, demo_probabilities.tif, demo_segmentation.tif to {save_dir}")
     print(f"total {time.perf_counter() - t_all:.1f} s")
     return 130 if interrupted else 0
@@ -1010,14 +1090,19 @@ def _message(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (0 ok, 2 user error, 130 interrupted)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    errors = _user_errors()
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        errors = _user_errors()
+        return _run(args, errors)
+    except KeyboardInterrupt:  # also while the engine is imported (the first second)
         print(f"{PROG}: aborted", file=sys.stderr)
         return 130
+
+
+def _run(args: argparse.Namespace, errors: tuple[type[BaseException], ...]) -> int:
+    try:
+        return int(args.func(args) or 0)
     except BrokenPipeError:  # e.g. `napari-mpf info model.npz | head`: the reader left; not an error
         # Python would report the pipe again when flushing stdout at exit
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -1025,6 +1110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except errors as exc:
         print(f"{PROG}: error: {_message(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only file system: the environment, not a bug
+        if exc.errno not in ENVIRONMENT_ERRNOS and "requested and" not in str(exc):
+            raise
+        from .engine.atomic import write_error_text
+
+        what = write_error_text(exc, exc.filename or "an output")
+        print(f"{PROG}: error: {what}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{PROG}: error: out of memory; for big images write --out NAME.zarr (chunk by chunk, bounded memory)",
+              file=sys.stderr)
         return 2
 
 

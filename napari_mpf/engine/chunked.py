@@ -769,10 +769,11 @@ class ZarrPrediction:
 
 
 def write_counts_csv(path: str | Path, class_names: list[str], rows, with_counts: bool = True,
-                     extra: dict[str, list[float]] | None = None) -> Path:
+                     extra: dict[str, list[float]] | None = None, stage=None) -> Path:
     """Write the per-slice table (atomically). ``rows``: ``(slice, name, (count, object_pixels,
     defect_present) or None, class fractions)``; a count of -1 (not counted) is left empty.
-    ``extra``: more columns, one value per row (e.g. an image-level head's probabilities)."""
+    ``extra``: more columns, one value per row (e.g. an image-level head's probabilities);
+    ``stage``: an :class:`~napari_mpf.engine.atomic.Staged` that replaces the file when it commits."""
     from .files import atomic_open
 
     extra = extra or {}
@@ -789,7 +790,7 @@ def write_counts_csv(path: str | Path, class_names: list[str], rows, with_counts
         row += [f"{float(v):.6f}" for v in fractions]
         row += [f"{float(values[i]):.6f}" for values in extra.values()]
         lines.append(",".join(row))
-    with atomic_open(path) as fh:
+    with atomic_open(path, stage) as fh:
         fh.write(("\n".join(lines) + "\n").encode())
     return Path(path)
 

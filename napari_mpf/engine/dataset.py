@@ -26,7 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import FOLDER_EXTENSIONS, READ_EXTENSIONS, _natural_key, open_volume, read_labels
+from .files import (
+    FOLDER_EXTENSIONS,
+    MAX_CLASSES,
+    READ_EXTENSIONS,
+    _natural_key,
+    open_volume,
+    read_labels,
+)
 from .inputs import InputError, as_image, as_labels
 from .model import Model, normalisation_from
 
@@ -130,7 +137,8 @@ class PairDataset(Sequence):
         image = vol.read(0 if z is None else z)
         name = self.names[i]
         image = as_image(image[0] if image.shape[0] == 1 else image, name=name)
-        labs = read_labels(self.label_files[f], self.labels_key, None if z is None else [z], offset=self.label_offset)
+        labs = read_labels(self.label_files[f], self.labels_key, None if z is None else [z], offset=self.label_offset,
+                           max_label=MAX_CLASSES)
         if z is None and labs.stack:
             raise InputError(f"{self.label_files[f]} holds a stack but {self.image_files[f]} one image")
         labels = as_labels(labs.arrays[0], image.shape[1:], name=f"labels of {name}")

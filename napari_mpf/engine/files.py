@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import Staged, make_temp, write_error_text
 from .inputs import InputError  # the engine's error type, so callers catch one class
 
 __all__ = [
@@ -62,6 +62,10 @@ READ_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".npz")
 FOLDER_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 WRITE_EXTENSIONS = (".tif", ".tiff", ".npy", ".npz", ".png")
 _IMAGEIO = (".png", ".jpg", ".jpeg")
+#: the largest label value :func:`read_labels` accepts by default (16-bit masks); training takes
+#: at most 255 classes (:data:`MAX_CLASSES`, as :func:`~napari_mpf.engine.inputs.as_labels`)
+MAX_LABEL = 65535
+MAX_CLASSES = 255
 
 
 @dataclass
@@ -347,12 +351,14 @@ def read_labels(
     *,
     crop: str | tuple[slice, slice] | None = None,
     offset: int = 0,
+    max_label: int = MAX_LABEL,
 ) -> ImageSet:
     """Read label masks: a list of ``(H, W)`` int32 arrays (0 = unpainted, 1..K = classes).
 
     ``offset`` is added to **every** pixel (``offset=1`` turns a dense 0/1 mask, where 0 is a class
     too, into classes 1/2). A grey RGB label image (three equal channels) is read as one channel.
-    Non-integer, negative or non-finite values raise :class:`InputError`.
+    Non-integer, negative or non-finite values, and values above ``max_label`` (after ``offset``),
+    raise :class:`InputError` before anything is allocated per label value.
     """
     arr, name = read_array(path, key, default_key="labels", role="labels")
     sel = parse_slices(slices) if isinstance(slices, str) else slices
@@ -392,8 +398,12 @@ def read_labels(
                 + (f" with --label-offset {offset}" if offset else "")
                 + ")"
             )
-        if hi + offset > np.iinfo(np.int32).max // 2:
-            raise InputError(f"{n}: label value {hi:g} is too large")
+        if hi + offset > max_label:
+            shifted = f" + --label-offset {offset} = {hi + offset:.0f}" if offset else ""
+            raise InputError(
+                f"{n}: the labels go up to {hi:.0f}{shifted}; at most {max_label} classes are supported "
+                f"(0 = unpainted, 1..{max_label} = classes)"
+            )
         m = m.astype(np.int32)
         if offset:
             m += np.int32(offset)
@@ -405,10 +415,12 @@ def read_labels(
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator:
-    """Open a temporary file next to ``path`` for binary writing; on success move it over ``path``.
+def atomic_open(path: str | os.PathLike, stage: Staged | None = None) -> Iterator:
+    """Open a temporary file next to ``path`` for binary writing; on success move it over ``path``
+    (with ``stage``, leave that to :meth:`~napari_mpf.engine.atomic.Staged.commit`).
 
-    On any error the temporary file is removed and an existing ``path`` is left untouched.
+    On any error the temporary file is removed and an existing ``path`` is left untouched. Temporary
+    files of ``path`` left by a killed writer are removed first.
     """
     p = Path(path)
     directory = p.parent if str(p.parent) else Path(".")
@@ -418,15 +430,18 @@ def atomic_open(path: str | os.PathLike) -> Iterator:
         raise InputError(f"cannot write {p}: it is a directory")
     try:
         mode = p.stat().st_mode & 0o777 if p.exists() else 0o644
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=directory)
+        fd, tmp = make_temp(p)
     except OSError as exc:
-        raise InputError(f"cannot write {p}: {exc.strerror or exc}") from None
+        raise InputError(write_error_text(exc, p)) from None
     os.close(fd)
     try:
         with open(tmp, "wb") as fh:  # a named file: some writers (tifffile) want its name
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        if stage is not None:
+            stage.add(tmp, p, mode)
+            return
         os.chmod(tmp, mode)
         os.replace(tmp, p)
     except BaseException:
@@ -443,8 +458,10 @@ def write_array(
     extra: dict[str, np.ndarray] | None = None,
     allowed: tuple[str, ...] = WRITE_EXTENSIONS,
     role: str = "output",
+    stage: Staged | None = None,
 ) -> Path:
-    """Write ``array`` atomically; the format follows the extension.
+    """Write ``array`` atomically (with ``stage``, once the stage commits); the format follows the
+    extension.
 
     ``.npz`` stores ``array`` under ``key`` plus the arrays in ``extra``. ``.png`` accepts 2-D (or
     ``(H, W, 3|4)``) integer arrays with values 0..65535 only (8-bit when they fit).
@@ -465,7 +482,7 @@ def write_array(
             raise InputError(f"{role} file {p}: values {lo}..{hi} do not fit a 16-bit PNG; write .tif instead")
         a = a.astype(np.uint8 if hi < 256 else np.uint16)
     try:
-        with atomic_open(p) as fh:
+        with atomic_open(p, stage) as fh:
             if ext == ".npy":
                 np.save(fh, a, allow_pickle=False)
             elif ext == ".npz":
@@ -482,7 +499,7 @@ def write_array(
     except InputError:
         raise
     except OSError as exc:
-        raise InputError(f"cannot write {p}: {exc.strerror or exc}") from None
+        raise InputError(write_error_text(exc, p)) from None
     return p
 
 

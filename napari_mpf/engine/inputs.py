@@ -9,6 +9,10 @@ import numpy as np
 __all__ = ["InputError", "as_image", "as_labels", "check_training_pairs"]
 
 
+#: the largest float32: image values beyond it cannot reach the network
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class InputError(ValueError):
     """Images or labels the engine cannot use, with a sentence that says why."""
 
@@ -16,7 +20,8 @@ class InputError(ValueError):
 def as_image(image, in_channels: int | None = None, name: str = "image") -> np.ndarray:
     """Return ``image`` as a float ``(C, H, W)`` array (float64 stays float64, else float32).
 
-    Refuses (with :class:`InputError`) empty, complex, non-numeric, NaN/inf images, more than three
+    Refuses (with :class:`InputError`) empty, complex, non-numeric, NaN/inf images, values beyond
+    float32's range, more than three
     dimensions, channels-last RGB and a channel count different from ``in_channels``.
     """
     arr = np.asarray(image)
@@ -46,6 +51,12 @@ def as_image(image, in_channels: int | None = None, name: str = "image") -> np.n
     out = arr.astype(np.float64 if arr.dtype == np.float64 else np.float32, copy=False)
     if not np.isfinite(out).all():
         raise InputError(f"{name} contains NaN or infinite values")
+    if out.dtype == np.float64 and max(float(out.max()), -float(out.min())) > FLOAT32_MAX:
+        big = max(float(out.max()), -float(out.min()))
+        raise InputError(
+            f"{name} has values up to {big:.3g}, beyond the float32 range (±{FLOAT32_MAX:.3g}) the network "
+            "computes in; rescale the image"
+        )
     return out
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from .features import apply_filters, check_filters, n_outputs
 from .inputs import check_training_pairs
-from .spec import DEFAULT_PRESET, NetworkSpec, SpecError, parse_spec
+from .spec import DEFAULT_PRESET, NetworkSpec, SpecError, check_network_size, parse_spec
 
 __all__ = ["Model"]
 
@@ -163,6 +163,7 @@ class Model:
             raise SpecError(f"the spec has {spec.n_classes} outputs but n_classes is {n_classes}")
         names = _class_names(class_names, n_classes)
         filters = check_filters(filters)
+        check_network_size(spec, (in_channels + (n_classes - 1 if context is not None else 0)) * n_outputs(filters))
         n_context = 0
         if context is not None:
             if context.in_channels != in_channels or context.n_classes != n_classes:

@@ -50,11 +50,17 @@ def normalise(model: Model, image, extended: bool = False, staged: bool = False)
     dtype = model.dtype
     mean = model.norm_mean.astype(dtype)[:, None, None]
     std = model.norm_std.astype(dtype)[:, None, None]
-    x = apply_filters((x.astype(dtype) - mean) / std, model.filters, extended)
-    if model.filters:
-        c = model.stage_channels
-        x[c:] -= model.filter_mean.astype(dtype)[:, None, None]
-        x[c:] /= model.filter_std.astype(dtype)[:, None, None]
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = apply_filters((x.astype(dtype) - mean) / std, model.filters, extended)
+        if model.filters:
+            c = model.stage_channels
+            x[c:] -= model.filter_mean.astype(dtype)[:, None, None]
+            x[c:] /= model.filter_std.astype(dtype)[:, None, None]
+    if not np.isfinite(x).all():
+        raise InputError(
+            "normalised with the model's mean and standard deviation, the image's values exceed the float32 "
+            "range the network computes in; rescale the image (or check the model)"
+        )
     return x
 
 
@@ -140,6 +146,9 @@ def predict_from_padded(
     prediction = Prediction(out, segments=segments if use_heads else None)
     if use_heads and model.superpixels is not None:
         out += sp_broadcast(pooled.superpixel_scores(model), np.ascontiguousarray(segments, np.int32))
+    if not np.isfinite(out).all():  # never hand on NaN scores: they would make NaN probabilities
+        raise InputError("the model's class scores for this image are not finite (they overflow float32); "
+                         "the model file or the image's values are unusable")
     if use_heads and model.image_head is not None:
         prediction.image_logits = pooled.image_logits(model, out)
     return prediction

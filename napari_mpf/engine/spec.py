@@ -2,7 +2,8 @@
 
 Tokens (comma or space separated, case-insensitive):
 
-- ``C<kh>x<kw>x<n>`` (or ``C<k>x<n>``): valid convolution, ``n`` output maps, then the activation;
+- ``C<kh>x<kw>x<n>`` (or ``C<k>x<n>``): valid convolution, ``n`` output maps, then the activation
+  (``C5x5``, with the two numbers equal, is refused as ambiguous: kernel without maps?);
 - ``MPF<p>x<p>`` / ``MP<p>``: max-pooling with stride ``p`` (evaluated densely as fragments);
 - ``FC<n>``: fully connected; a convolution over the remaining extent of the map;
 - optional leading ``IN<h>x<w>`` (or ``IN<s>``): the declared input window; checked going forwards.
@@ -15,7 +16,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PRESET", "SpecError", "LayerSpec", "NetworkSpec", "PRESETS", "parse_spec", "resolve_spec"]
+__all__ = [
+    "DEFAULT_PRESET", "SpecError", "LayerSpec", "NetworkSpec", "PRESETS", "MAX_NETWORK_BYTES", "check_network_size",
+    "network_bytes", "parse_spec", "resolve_spec",
+]
 
 
 class SpecError(ValueError):
@@ -135,6 +139,11 @@ def parse_spec(text: str, n_classes: int | None = None) -> NetworkSpec:
             continue
         if m["c"]:
             a, b, c = int(m["c_a"]), int(m["c_b"]), m["c_c"]
+            if c is None and a == b:
+                raise SpecError(
+                    f"{where}: ambiguous; C<k>x<maps> means a {a}x{a} kernel with {b} maps, so write "
+                    f"C{a}x{a}x{b} for that, or C{a}x{b}x<maps> for a {a}x{b} kernel"
+                )
             size, maps = ((a, b), int(c)) if c is not None else ((a, a), b)
             if min(size) < 1 or maps < 1:
                 raise SpecError(f"{where}: kernel size and number of maps must be at least 1")
@@ -208,3 +217,47 @@ def resolve_spec(layers: list[LayerSpec], declared: tuple[int, int] | None = Non
             resolved.append(LayerSpec("fc", size, layer.maps))
             h = w = 1
     return NetworkSpec(tuple(resolved), declared)
+
+
+#: Networks whose evaluation would need more memory than this (parameters with their training state,
+#: and the activations of one prediction tile) are refused before anything is allocated.
+MAX_NETWORK_BYTES = 16 * 2**30
+_TILE = 512  # the prediction tile side (predict.DEFAULT_TILE), for the activations' estimate
+
+
+def network_bytes(spec: NetworkSpec, in_channels: int, tile: int = _TILE) -> tuple[int, int]:
+    """``(bytes, parameters)``: an estimate of the memory a network of ``spec`` on ``in_channels``
+    channels needs: its float32 parameters four times (weights, gradients, two optimiser moments)
+    and twice (input and output) the largest layer's maps over a tile's input region."""
+    wh, ww = spec.window
+    region = (tile + wh - 1) * (tile + ww - 1)
+    params = 0
+    widest = n_in = int(in_channels)
+    for layer in spec.layers:
+        if layer.kind == "pool":
+            continue
+        kh, kw = layer.size
+        params += layer.maps * (n_in * kh * kw + 1)
+        n_in = layer.maps
+        widest = max(widest, n_in)
+    return 4 * (4 * params + 2 * widest * region), params
+
+
+def check_network_size(spec: NetworkSpec, in_channels: int, limit: int = MAX_NETWORK_BYTES) -> None:
+    """Refuse (:class:`SpecError`) a network that would need more than ``limit`` bytes (see
+    :func:`network_bytes`), saying how much it would need."""
+    need, params = network_bytes(spec, in_channels)
+    if need > limit:
+        wh, ww = spec.window
+        raise SpecError(
+            f"the network '{spec.text}' would need about {_human(need)} of memory ({params:,} parameters, "
+            f"a {wh}x{ww} window); the limit is {_human(limit)}: use fewer maps or pooling layers"
+        )
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"  # pragma: no cover

@@ -18,6 +18,7 @@ import numpy as np
 
 from .augment import elastic_deform, intensity_jitter, shading
 from .dihedral import dihedral
+from .features import n_outputs
 from .heads import has_heads
 from .inputs import InputError, check_training_pairs
 from .loss import Batch, batch_loss, crop_box, make_batch
@@ -25,7 +26,7 @@ from .model import Model
 from .network import Workspace
 from .optim import OPTIMIZERS, default_lr, make_optimizer
 from .predict import normalise, predict_proba
-from .spec import parse_spec
+from .spec import check_network_size, parse_spec
 from .superpixels import slic_superpixels
 
 __all__ = ["TrainConfig", "Progress", "Trainer", "train", "fit"]
@@ -152,7 +153,9 @@ class Trainer:
         if not 0 <= self.config.preview_index < n:
             raise InputError(f"preview_index {self.config.preview_index} is not one of the {n} images")
         if self.config.context is not None:  # a second stage that cannot be built fails now, not halfway
-            last = parse_spec(self.config.context, model.n_classes).layers[-1]
+            second = parse_spec(self.config.context, model.n_classes)
+            check_network_size(second, (model.in_channels + model.n_classes - 1) * n_outputs(model.filters))
+            last = second.layers[-1]
             if has_heads(model) and (last.kind == "pool" or tuple(last.size) != (1, 1)):
                 raise InputError("the second stage needs a last layer of 1x1 (fully connected) to take the heads")
         self.image_targets = self._image_targets(image_labels, n)

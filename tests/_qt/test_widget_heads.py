@@ -212,10 +212,11 @@ def test_test_time_augmentation_in_predict(viewer_widget, qtbot):
 
 def test_training_augmentation_and_test_time_augmentation_are_separate_controls(make_napari_viewer):
     from napari_mpf._qt.trainer_widget import TrainerWidget
+    from napari_mpf.engine.spec import DEFAULT_PRESET
 
     w = TrainerWidget(make_napari_viewer())
     assert w.settings().augment is True and not w.tta_check.isChecked()  # the defaults
-    assert w.spec_combo.currentText() == "wide"
+    assert w.spec_combo.currentText() == DEFAULT_PRESET
     w.tta_check.setChecked(True)
     assert w.settings().augment is True
     w.augment_check.setChecked(False)

@@ -386,3 +386,17 @@ def test_atomic_open_relative_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     F.write_array("rel.npy", np.ones(3))
     np.testing.assert_array_equal(np.load(tmp_path / "rel.npy"), np.ones(3))
+
+
+def test_labels_too_large_are_refused_before_counting(tmp_path):
+    """Issue 22: a label value or offset of 9e8 was accepted and then counted in a 7 GB array."""
+    m = np.zeros((6, 6), np.int64)
+    m[0, 0], m[1, 1] = 1, 900_000_000
+    np.save(tmp_path / "m.npy", m)
+    with pytest.raises(InputError, match="up to 900000000; at most 65535"):
+        F.read_labels(tmp_path / "m.npy")
+    m[1, 1] = 2
+    np.save(tmp_path / "m.npy", m)
+    with pytest.raises(InputError, match=r"up to 2 \+ --label-offset 1000000000000 = 1000000000002; at most 255"):
+        F.read_labels(tmp_path / "m.npy", offset=10**12, max_label=255)
+    assert F.read_labels(tmp_path / "m.npy", offset=253, max_label=255).arrays[0].max() == 255

@@ -142,3 +142,30 @@ def test_declared_window_too_small_refused():
 
 def test_spec_error_is_value_error():
     assert issubclass(SpecError, ValueError)
+
+
+def test_ambiguous_square_short_form_is_refused():
+    """Issue 22: 'C5x5' meant a 5x5 kernel with 5 maps, silently."""
+    from napari_mpf.engine.spec import SpecError
+
+    with pytest.raises(SpecError, match="ambiguous.*C5x5x5"):
+        parse_spec("C5x5, FC2")
+    assert parse_spec("C3x8, FC2").layers[0].maps == 8  # the documented short form still works
+
+
+def test_networks_too_large_are_refused_with_their_size():
+    from napari_mpf.engine import Model
+    from napari_mpf.engine.spec import (
+        MAX_NETWORK_BYTES,
+        SpecError,
+        check_network_size,
+        network_bytes,
+    )
+
+    for name in PRESETS:
+        assert network_bytes(parse_spec(name, 2), 3)[0] < MAX_NETWORK_BYTES / 16
+    for text in ("C3x3x1000000000", ", ".join(["MPF2x2"] * 40)):
+        with pytest.raises(SpecError, match=r"would need about .* the limit is 16.0 GB"):
+            Model.create(text, 1, 2)  # refused before the weights are allocated
+    with pytest.raises(SpecError, match=r"limit is 1.0 KB"):
+        check_network_size(parse_spec("fast", 2), 1, limit=1024)
