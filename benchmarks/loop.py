@@ -50,7 +50,7 @@ from napari_mpf.engine.objects import count_objects  # noqa: E402
 HERE = Path(__file__).resolve().parent
 #: our method's settings; every key can be overridden per row (``name:key=value,...``)
 OURS = dict(preset="fast", spec=None, filters=None, activation="tanh", optimizer="adam", lr=None,
-            crop=256, seed=0, prior=None)
+            crop=256, seed=0, prior=None, relr=None, rsteps=None, tta=False)
 
 
 @dataclass
@@ -126,7 +126,9 @@ class Ours:
             self.model = Model.for_data([image], [labels], spec=p.get("spec") or p["preset"],
                                         activation=p["activation"], seed=int(p["seed"]),
                                         class_names=list(self.class_names), filters=p.get("filters"))
-        cfg = TrainConfig(steps=int(self.steps or 100_000), seconds=None if self.steps else self.seconds,
+        scale = float(p.get("rsteps") or 1)  # this row trains that many times the round's steps or seconds
+        cfg = TrainConfig(steps=int(round((self.steps or 100_000) * scale)),
+                          seconds=None if self.steps else self.seconds * scale,
                           optimizer=p["optimizer"], lr=self._lr(), crop=p.get("crop"),
                           seed=int(p["seed"]) * 1000 + self.rounds)
         trainer = Trainer(self.model, [image], [labels], cfg)
@@ -158,7 +160,7 @@ class Ours:
         return float(p.get("lr") or default_lr(p["optimizer"], n_pools)) * float(p["relr"])
 
     def proba(self, image: np.ndarray) -> np.ndarray:
-        probs = predict_proba(self.model, image)
+        probs = predict_proba(self.model, image, augment=bool(self.p.get("tta")))
         if getattr(self, "shift", None) is not None:
             z = np.log(np.maximum(probs, 1e-12)) + self.shift[:, None, None]
             z -= z.max(axis=0)
