@@ -50,7 +50,7 @@ from napari_mpf.engine.objects import count_objects  # noqa: E402
 HERE = Path(__file__).resolve().parent
 #: our method's settings; every key can be overridden per row (``name:key=value,...``)
 OURS = dict(preset="fast", spec=None, filters=None, activation="tanh", optimizer="adam", lr=None,
-            crop=256, seed=0, prior=None, relr=None, rsteps=None, tta=False)
+            crop=256, seed=0, calibrate=True, rsteps=None, tta=False, balance=True, smoothness=0)
 
 
 @dataclass
@@ -70,7 +70,7 @@ def em_tasks(path: Path, runs: int, seed: int) -> list[Task]:
     data = np.load(path)
     images, labels = data["images"], data["labels"]
     rng = np.random.default_rng([seed, 1])
-    painted = rng.choice(len(images), size=min(runs, len(images)), replace=False)
+    painted = rng.permutation(len(images))[:runs]  # the first tasks do not depend on --runs
     tasks = []
     for i in painted:
         rest = [j for j in range(len(images)) if abs(j - int(i)) >= 3]
@@ -94,7 +94,7 @@ def tile_tasks(path: Path, runs: int, seed: int) -> list[Task]:
         return data["images"][i, :h, :w], data["masks"][i, :h, :w].astype(np.uint8) + 1
 
     tasks = []
-    for i in rng.choice(defective, size=min(runs, defective.size), replace=False):
+    for i in rng.permutation(defective)[:runs]:
         others_def = rng.choice(defective[group[defective] != group[i]], size=3, replace=False)
         others_free = rng.choice(free[group[free] != group[i]], size=3, replace=False)
         image, truth = tile(i)
@@ -129,7 +129,8 @@ class Ours:
         scale = float(p.get("rsteps") or 1)  # this row trains that many times the round's steps or seconds
         cfg = TrainConfig(steps=int(round((self.steps or 100_000) * scale)),
                           seconds=None if self.steps else self.seconds * scale,
-                          optimizer=p["optimizer"], lr=self._lr(), crop=p.get("crop"),
+                          optimizer=p["optimizer"], lr=p.get("lr"), crop=p.get("crop"), calibrate=bool(p["calibrate"]),
+                          balance=p.get("balance", True), smoothness=float(p.get("smoothness") or 0),
                           seed=int(p["seed"]) * 1000 + self.rounds)
         trainer = Trainer(self.model, [image], [labels], cfg)
         if self.rounds == 0:
@@ -141,46 +142,11 @@ class Ours:
                 self.first_preview = time.perf_counter() - t0
         self.model = trainer.model
         self.rounds += 1
-        self.shift = None
-        if p.get("prior") == "em":
-            self.shift = em_prior_shift(predict_proba(self.model, image))
-        elif p.get("prior") == "mean":
-            self.shift = em_prior_shift(predict_proba(self.model, image), iterations=1)
         return dict(steps=steps, loss=float(trainer.last_loss), train_seconds=time.perf_counter() - t0)
-
-    def _lr(self) -> float | None:
-        """The learning rate of this round: ``lr`` (None = the engine's default), times ``relr`` from
-        round 2 on."""
-        p = self.p
-        if self.rounds == 0 or p.get("relr") is None:
-            return p.get("lr")
-        from napari_mpf.engine.optim import default_lr
-
-        n_pools = sum(layer.kind == "pool" for layer in self.model.spec.layers)
-        return float(p.get("lr") or default_lr(p["optimizer"], n_pools)) * float(p["relr"])
 
     def proba(self, image: np.ndarray) -> np.ndarray:
         probs = predict_proba(self.model, image, augment=bool(self.p.get("tta")))
-        if getattr(self, "shift", None) is not None:
-            z = np.log(np.maximum(probs, 1e-12)) + self.shift[:, None, None]
-            z -= z.max(axis=0)
-            probs = np.exp(z) / np.exp(z).sum(axis=0)
         return probs.astype(np.float32)
-
-
-def em_prior_shift(probs: np.ndarray, iterations: int = 50) -> np.ndarray:
-    """Saerens et al. 2002: the class priors of these pixels by EM, as a log shift from equal priors."""
-    k = probs.shape[0]
-    p = probs.reshape(k, -1).astype(np.float64)
-    prior = np.full(k, 1.0 / k)
-    for _ in range(iterations):
-        q = p * (prior * k)[:, None]
-        q /= q.sum(axis=0)
-        new = q.mean(axis=1)
-        if np.abs(new - prior).max() < 1e-5:
-            break
-        prior = new
-    return np.log(np.maximum(prior, 1e-4) * k)
 
 
 class Forest:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .augment import elastic_deform, intensity_jitter, shading
+from .calibration import prior_shift, shift_model, shifted, unshift_model
 from .dihedral import dihedral
 from .features import n_outputs
 from .heads import has_heads
@@ -29,7 +30,11 @@ from .predict import normalise, predict_proba
 from .spec import check_network_size, parse_spec
 from .superpixels import slic_superpixels
 
-__all__ = ["TrainConfig", "Progress", "Trainer", "train", "fit"]
+__all__ = ["CONTINUE_LR", "TrainConfig", "Progress", "Trainer", "train", "fit"]
+
+#: a network that has trained before continues at this share of the default learning rate (each
+#: round of corrections then refines instead of starting over; benchmarks/loop.py)
+CONTINUE_LR = 0.1
 
 
 @dataclass
@@ -64,6 +69,10 @@ class TrainConfig:
     (or of the seconds), then a new model of that spec, with the same activation, filters and
     heads, learns from the image and the first model's probabilities for the rest; :meth:`Trainer.run`
     returns that two-stage model (``None`` = one stage).
+    ``calibrate``: at the end of a run (or a stop) the class scores are corrected by the class
+    priors the network sees on the training images, and previews by those of the preview image
+    (:mod:`~napari_mpf.engine.calibration`; not with an image-level head).
+    A network that has trained before continues at ``CONTINUE_LR`` times the default learning rate.
     """
 
     steps: int = 200
@@ -85,6 +94,7 @@ class TrainConfig:
     seconds: float | None = None
     context: str | None = None
     context_share: float = 0.5
+    calibrate: bool = True
 
     def check(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -169,10 +179,28 @@ class Trainer:
         self._preview_requested = True
 
     def preview(self) -> np.ndarray:
-        """Probabilities ``(K, H, W)`` of the preview image with the current weights."""
+        """Probabilities ``(K, H, W)`` of the preview image with the current weights (with
+        ``calibrate``, corrected by the class priors of that image, see :mod:`.calibration`)."""
         if self.dataset is not None:
-            return predict_proba(self.model, self.dataset.pair(self.config.preview_index)[0])
-        return predict_proba(self.model, self.images[self.config.preview_index])
+            probs = predict_proba(self.model, self.dataset.pair(self.config.preview_index)[0])
+        else:
+            probs = predict_proba(self.model, self.images[self.config.preview_index])
+        if self._calibrates(self.model):
+            probs = shifted(probs, prior_shift([probs]))
+        return probs
+
+    def _calibrates(self, model: Model) -> bool:
+        """Calibration is on and possible (an image-level head reads the uncorrected class scores)."""
+        return bool(self.config.calibrate) and model.image_head is None
+
+    def _calibrate(self, model: Model) -> None:
+        """Correct ``model``'s class scores by the class priors of (up to 8 of) the training images."""
+        if not self._calibrates(model):
+            return
+        n = len(self.dataset) if self.dataset is not None else len(self.images)
+        picks = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int))
+        image = (lambda i: self.dataset.pair(i)[0]) if self.dataset is not None else self.images.__getitem__
+        shift_model(model, prior_shift(predict_proba(model, image(int(i))) for i in picks))
 
     def run(self) -> Generator[Progress, None, Model]:
         cfg = self.config
@@ -235,12 +263,14 @@ class Trainer:
         self._class_weight = self._global_class_weight(len(usable)) if cfg.balance == "global" else None
         n_pools = sum(layer.kind == "pool" for layer in model.spec.layers)
         base_lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, n_pools)
+        if cfg.lr is None and int(model.provenance.get("steps", 0)) > 0:
+            base_lr *= CONTINUE_LR  # a trained network continues: fine-tune, don't start over
+        unshift_model(model)  # train the network itself; the prior correction is redone at the end
         # weights become views into one flat vector that the optimiser updates in place
         theta, _ = _flatten(model)
         opt = make_optimizer(cfg.optimizer, theta.size, cfg.momentum)
         good = theta.copy()
         workspace = Workspace()  # activation buffers reused by every step of this run
-        order: list[int] = []
         provenance = model.provenance
         provenance.setdefault("steps", 0)
         provenance.update(
@@ -250,6 +280,21 @@ class Trainer:
             smoothness=float(cfg.smoothness), seconds=seconds,
         )
         planner = _StepPlanner(int(steps), seconds)
+        try:
+            yield from self._steps(model, planner, step0, total, start, rng, xs if self.dataset is None else None,
+                                   usable, first_stage, opt, theta, good, workspace, base_lr)
+        except GeneratorExit:  # stopped between two steps: the weights kept are corrected too
+            self._calibrate(model)
+            raise
+        self._calibrate(model)
+        provenance["final_loss"] = self.last_loss
+        return model
+
+    def _steps(self, model, planner, step0, total, start, rng, xs, usable, first_stage, opt, theta, good,
+               workspace, base_lr):
+        """The steps of :meth:`_run_stage` (a generator of :class:`Progress`)."""
+        cfg, provenance = self.config, model.provenance
+        order: list[int] = []
         step = 0
         while step < planner.planned:
             step += 1
@@ -300,8 +345,6 @@ class Trainer:
                 self._preview_requested = False
                 probs = self.preview()
             yield Progress(step0 + step, total(planner.planned), loss, time.perf_counter() - start, lr, index, probs)
-        provenance["final_loss"] = self.last_loss
-        return model
 
     def _image_targets(self, image_labels, n: int) -> list[np.ndarray] | None:
         """Per image, ``K - 1`` image-level targets (1 present, 0 absent, NaN unknown) for the

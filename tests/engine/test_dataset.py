@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_mpf.engine import InputError, Model, TrainConfig, Trainer
+from napari_mpf.engine import InputError, Model, TrainConfig, Trainer, fit
 from napari_mpf.engine import dataset as D
 from napari_mpf.engine.dataset import PairDataset, model_for_dataset
 from napari_mpf.engine.synthetic import two_texture_sample
@@ -108,7 +108,7 @@ def test_a_streamed_second_stage_predicts_each_image_once_and_trains_as_in_memor
     ds = PairDataset.from_folder(folder, cache=0)
     images, labels = ds.load_all()
     model = model_for_dataset(ds, spec=SPEC, seed=2)
-    config = TrainConfig(steps=24, seed=3, context=SPEC)
+    config = TrainConfig(steps=24, seed=3, context=SPEC, calibrate=False)  # calibrating predicts too
     calls = []
     original = T.predict_proba
     monkeypatch.setattr(T, "predict_proba", lambda m, x, *a, **k: (calls.append(m), original(m, x, *a, **k))[1])
@@ -119,4 +119,12 @@ def test_a_streamed_second_stage_predicts_each_image_once_and_trains_as_in_memor
     in_memory = Trainer(model.copy(), images, labels, config)
     assert streamed_losses == [p.loss for p in in_memory.run()]
     for a, b in zip(streamed.model.weights, in_memory.model.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # calibrated (the default): the same class priors from the streamed images as from memory
+    config.calibrate = True
+    streamed = fit(model.copy(), ds, None, config)
+    in_memory = fit(model.copy(), images, labels, config)
+    assert streamed.provenance["prior_shift"] == in_memory.provenance["prior_shift"]
+    assert streamed.context.provenance["prior_shift"] == in_memory.context.provenance["prior_shift"]
+    for a, b in zip(streamed.biases, in_memory.biases, strict=True):
         np.testing.assert_array_equal(a, b)
