@@ -4,9 +4,10 @@ A simulated user (``simulated_user.py``) paints round 1: ``--first-strokes`` sho
 class (3 px wide, 12-24 px long) in the middle of each class's regions and along thin structures.
 Each later round adds ``--more-strokes`` strokes where the preview is most wrong (the largest wrong
 region first, painted with the true class there) or, with ``--place uncertain``, where it is least
-certain. After every round each method learns from the same strokes: our network **continues from
-its current weights** for ``--round-seconds`` (as live retraining does; ``--round-steps`` gives a
-step count instead, for runs on a busy machine), the forest (scikit-image
+certain. After every round each method learns from the same strokes: our network trains
+``--first-steps`` in round 1 (what Train does) and then **continues from its current weights** for
+``--round-steps`` per round (what live retraining does after the user paints; steps make runs on a
+busy machine comparable, ``--round-seconds`` gives a time per round instead), the forest (scikit-image
 ``multiscale_basic_features`` + 50 trees, the ilastik / convpaint approach) refits.
 
 Scores after every round: pixel error of the segmentation (arg-max) on the unpainted pixels of the
@@ -46,6 +47,7 @@ import simulated_user as su  # noqa: E402
 
 from napari_mpf.engine import Model, TrainConfig, Trainer, predict_proba  # noqa: E402
 from napari_mpf.engine.objects import count_objects  # noqa: E402
+from napari_mpf.engine.train import LIVE_STEPS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: our method's settings; every key can be overridden per row (``name:key=value,...``)
@@ -112,9 +114,9 @@ def tile_tasks(path: Path, runs: int, seed: int) -> list[Task]:
 class Ours:
     """Our network: made on the first strokes, then trained on from its current weights."""
 
-    def __init__(self, p: dict, n_classes: int, class_names, round_seconds: float | None, round_steps: int | None):
+    def __init__(self, p: dict, n_classes: int, class_names, args):
         self.p, self.n_classes, self.class_names = p, n_classes, class_names
-        self.seconds, self.steps = round_seconds, round_steps
+        self.seconds, self.first_steps, self.steps = args.round_seconds, args.first_steps, args.round_steps
         self.model: Model | None = None
         self.rounds = 0
         self.first_preview = float("nan")
@@ -127,8 +129,8 @@ class Ours:
                                         activation=p["activation"], seed=int(p["seed"]),
                                         class_names=list(self.class_names), filters=p.get("filters"))
         scale = float(p.get("rsteps") or 1)  # this row trains that many times the round's steps or seconds
-        cfg = TrainConfig(steps=int(round((self.steps or 100_000) * scale)),
-                          seconds=None if self.steps else self.seconds * scale,
+        steps = 100_000 if self.seconds else (self.first_steps if self.rounds == 0 else self.steps)
+        cfg = TrainConfig(steps=int(round(steps * scale)), seconds=self.seconds * scale if self.seconds else None,
                           optimizer=p["optimizer"], lr=p.get("lr"), crop=p.get("crop"), calibrate=bool(p["calibrate"]),
                           balance=p.get("balance", True), smoothness=float(p.get("smoothness") or 0),
                           seed=int(p["seed"]) * 1000 + self.rounds)
@@ -215,7 +217,7 @@ def run_task(task: Task, method: str, params: dict, args, place: str) -> list[di
     if params["kind"] == "rf":
         learner = Forest(params)
     else:
-        learner = Ours(params, n_classes, task.class_names, args.round_seconds, args.round_steps)
+        learner = Ours(params, n_classes, task.class_names, args)
     labels = su.first_strokes(task.truth, args.first_strokes, rng)
     records, probs = [], None
     for r in range(1, args.rounds + 1):
@@ -274,7 +276,8 @@ def report(summary: list[dict], args) -> str:
     lines = [ec.report_header("Loop benchmark: simulated user, ours vs the forest on the same strokes"),
              f"- {args.runs} task(s) per data set; round 1: {args.first_strokes} strokes per class; "
              f"rounds 2-{args.rounds}: {args.more_strokes} strokes each; training per round: "
-             + (f"{args.round_steps} steps" if args.round_steps else f"{args.round_seconds:g} s") + "\n"]
+             + (f"{args.round_seconds:g} s" if args.round_seconds else
+                f"{args.first_steps} steps in round 1 (Train), then {args.round_steps} (live retraining)") + "\n"]
     for dataset in sorted({s["dataset"] for s in summary}):
         for place in sorted({s["place"] for s in summary if s["dataset"] == dataset}):
             rows = [s for s in summary if s["dataset"] == dataset and s["place"] == place]
@@ -293,7 +296,44 @@ def report(summary: list[dict], args) -> str:
                 table.append(row)
             lines += [f"### {dataset}, strokes placed where the preview is {'wrong' if place == 'error' else 'least certain'}",
                       "", ec.markdown_table(head, table), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + ["### In short", "", *verdicts(summary), ""])
+
+
+def verdicts(summary: list[dict], ours: str = "ours", peer: str = "rf") -> list[str]:
+    """The issue's questions, answered from the means: round 1 against the trivial answer, later
+    rounds against the forest, and how many strokes the uncertainty-placed rounds need to reach the
+    error of the last error-placed round."""
+    out = []
+    for dataset in sorted({s["dataset"] for s in summary}):
+        def row(method, place, r, dataset=dataset):
+            return next((s for s in summary if (s["dataset"], s["method"], s["place"], s["round"])
+                         == (dataset, method, place, r)), None)
+
+        first = row(ours, "error", 1)
+        if first is not None:
+            out.append(f"- {dataset}, round 1: ours {first['error']:.3f} on the painted image "
+                       f"({first['other_error']:.3f} on the others) against the trivial answer's "
+                       f"{first['trivial']:.3f} ({first['other_trivial']:.3f}); first preview "
+                       f"{first.get('first_preview', float('nan')):.2f} s after Train")
+        later = [(row(ours, "error", r), row(peer, "error", r)) for r in range(2, 100)]
+        later = [(a, b) for a, b in later if a is not None and b is not None]
+        if later:
+            wins = sum(a["error"] < b["error"] for a, b in later)
+            out.append(f"- {dataset}, rounds 2-{later[-1][0]['round']}: ours below the forest in {wins} of "
+                       f"{len(later)} rounds on the painted image, "
+                       f"{sum(a['other_error'] < b['other_error'] for a, b in later)} on the others; mean gap "
+                       f"{np.mean([a['error'] - b['error'] for a, b in later]):+.3f} (painted), "
+                       f"{np.mean([a['other_error'] - b['other_error'] for a, b in later]):+.3f} (others)")
+        rounds = sorted(s["round"] for s in summary if (s["dataset"], s["method"], s["place"]) == (dataset, ours, "error"))
+        unsure = [s for s in summary if (s["dataset"], s["method"], s["place"]) == (dataset, ours, "uncertain")]
+        if rounds and unsure:
+            goal = row(ours, "error", rounds[-1])
+            hit = next((s for s in sorted(unsure, key=lambda s: s["round"]) if s["error"] <= goal["error"]), None)
+            out.append(f"- {dataset}: error-placed strokes reach {goal['error']:.3f} after round {goal['round']} "
+                       f"({goal['painted']:.0f} px painted); uncertainty-placed strokes "
+                       + (f"reach it in round {hit['round']} ({hit['painted']:.0f} px)" if hit else
+                          f"do not within {len(unsure)} rounds (best {min(s['error'] for s in unsure):.3f})"))
+    return out
 
 
 def plot(summary: list[dict], path: Path) -> None:
@@ -335,8 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--first-strokes", type=int, default=10, help="strokes per class in round 1")
     ap.add_argument("--more-strokes", type=int, default=5, help="strokes added in each later round")
-    ap.add_argument("--round-seconds", type=float, default=6.0, help="our training per round (s)")
-    ap.add_argument("--round-steps", type=int, default=None, help="train this many steps per round instead")
+    ap.add_argument("--first-steps", type=int, default=TrainConfig.steps,
+                    help="our training steps in round 1 (default: Train's, %(default)s)")
+    ap.add_argument("--round-steps", type=int, default=LIVE_STEPS,
+                    help="our training steps in each later round (default: live retraining's, %(default)s)")
+    ap.add_argument("--round-seconds", type=float, default=None,
+                    help="train this many seconds in every round instead (at most 30)")
     ap.add_argument("--place", default="error", choices=["error", "uncertain", "both"])
     ap.add_argument("--methods", nargs="+", default=["ours", "rf"], metavar="NAME[:k=v,...]",
                     help="rows: 'ours' (the defaults), 'rf' (the forest), or NAME:key=value,... over OURS")
@@ -349,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> list[dict]:
     args = build_parser().parse_args(argv)
-    if args.round_seconds > 30:
+    if args.round_seconds and args.round_seconds > 30:
         raise SystemExit("--round-seconds is at most 30: the loop is about seconds, not minutes")
     variants = ec.parse_variants(args.methods, dict(OURS, seed=args.seed))
     tasks = []

@@ -84,7 +84,8 @@ def test_a_short_session_runs_every_round(kind):
     other = two_texture_sample((64, 64), seed=4)
     task = loop.Task("tiles", "synthetic", sample.image, sample.truth, [(other.image, other.truth)] * 2,
                      [True, False])
-    args = SimpleNamespace(first_strokes=3, more_strokes=2, rounds=2, round_seconds=None, round_steps=2)
+    args = SimpleNamespace(first_strokes=3, more_strokes=2, rounds=2, round_seconds=None, first_steps=3,
+                           round_steps=2)
     params = dict(loop.OURS, kind=kind) if kind == "mpf" else dict(loop.ec.RF_DEFAULTS, kind=kind)
     records = loop.run_task(task, kind, params, args, "error")
     assert [r["round"] for r in records] == [1, 2]
@@ -93,8 +94,8 @@ def test_a_short_session_runs_every_round(kind):
         assert 0 <= r["error"] <= 1 and 0 <= r["other_error"] <= 1
         assert r["false_flags"] in (0.0, 1.0)
     if kind == "mpf":
-        assert records[0]["steps"] == 2 and records[0]["first_preview"] > 0
+        assert [r["steps"] for r in records] == [3, 2] and records[0]["first_preview"] > 0
     summary = loop.summarise(records + records)
     assert [s["n"] for s in summary] == [2, 2]
     assert "| " + kind + " | 1 |" in loop.report(summary, SimpleNamespace(
-        runs=1, first_strokes=3, more_strokes=2, rounds=2, round_steps=2, round_seconds=None))
+        runs=1, first_strokes=3, more_strokes=2, rounds=2, first_steps=3, round_steps=2, round_seconds=None))

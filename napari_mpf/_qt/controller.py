@@ -22,7 +22,7 @@ from .._layer_style import (
     class_features,
     class_names_from_features,
 )
-from ..engine import InputError, Model, SpecError, parse_spec, segment
+from ..engine import InputError, Model, SpecError, TrainConfig, parse_spec, segment
 from ..engine.chunked import CountSettings, ZarrPrediction
 from ..engine.features import FILTER_BANKS, check_filters
 from ..engine.objects import ObjectCounts, count_objects
@@ -71,7 +71,7 @@ class TrainSettings:
     spec: str = DEFAULT_PRESET
     activation: str = "tanh"
     optimizer: str = "adam"
-    steps: int = 200
+    steps: int = TrainConfig.steps
     lr: float | None = None
     augment: bool = True
     seed: int = 0

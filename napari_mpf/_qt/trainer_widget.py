@@ -41,6 +41,7 @@ from .._layer_style import class_names_from_features
 from ..engine import PRESETS, Model, ModelFileError, load_model, parse_spec, save_model
 from ..engine.chunked import CountSettings
 from ..engine.features import FILTER_BANKS, check_filters, n_outputs
+from ..engine.train import LIVE_STEPS
 from ..engine.warmup import warm_up
 from .controller import (
     OUTPUT_KEY,
@@ -245,7 +246,7 @@ class TrainerWidget(QWidget):
         form.addRow("Optimiser", self.optimizer_combo)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1_000_000)
-        self.steps_spin.setValue(200)
+        self.steps_spin.setValue(TrainSettings.steps)
         form.addRow("Steps", self.steps_spin)
         self.lr_edit = QLineEdit()
         self.lr_edit.setPlaceholderText("auto")
@@ -322,7 +323,7 @@ class TrainerWidget(QWidget):
         self.live_check.setToolTip("After you paint more strokes, train a few more steps from the current weights")
         self.live_steps_spin = QSpinBox()
         self.live_steps_spin.setRange(1, 10_000)
-        self.live_steps_spin.setValue(20)
+        self.live_steps_spin.setValue(LIVE_STEPS)
         self.live_steps_spin.setSuffix(" steps after painting")
         live.addWidget(self.live_check)
         live.addWidget(self.live_steps_spin, 1)

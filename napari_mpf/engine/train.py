@@ -30,11 +30,13 @@ from .predict import normalise, predict_proba
 from .spec import check_network_size, parse_spec
 from .superpixels import slic_superpixels
 
-__all__ = ["CONTINUE_LR", "TrainConfig", "Progress", "Trainer", "train", "fit"]
+__all__ = ["CONTINUE_LR", "LIVE_STEPS", "TrainConfig", "Progress", "Trainer", "train", "fit"]
 
 #: a network that has trained before continues at this share of the default learning rate (each
 #: round of corrections then refines instead of starting over; benchmarks/loop.py)
 CONTINUE_LR = 0.1
+#: steps of a live retraining after the user paints (the widget's default, the loop benchmark's rounds)
+LIVE_STEPS = 60
 
 
 @dataclass
