@@ -52,7 +52,8 @@ from napari_mpf.engine.train import LIVE_STEPS  # noqa: E402
 HERE = Path(__file__).resolve().parent
 #: our method's settings; every key can be overridden per row (``name:key=value,...``)
 OURS = dict(preset="fast", spec=None, filters=None, activation="tanh", optimizer="adam", lr=None,
-            crop=256, seed=0, calibrate=True, rsteps=None, tta=False, balance=True, smoothness=0)
+            crop=256, seed=0, calibrate=True, rsteps=None, tta=False, balance=TrainConfig.balance,
+            smoothness=0)
 
 
 @dataclass
@@ -132,7 +133,7 @@ class Ours:
         steps = 100_000 if self.seconds else (self.first_steps if self.rounds == 0 else self.steps)
         cfg = TrainConfig(steps=int(round(steps * scale)), seconds=self.seconds * scale if self.seconds else None,
                           optimizer=p["optimizer"], lr=p.get("lr"), crop=p.get("crop"), calibrate=bool(p["calibrate"]),
-                          balance=p.get("balance", True), smoothness=float(p.get("smoothness") or 0),
+                          balance=p["balance"], smoothness=float(p.get("smoothness") or 0),
                           seed=int(p["seed"]) * 1000 + self.rounds)
         trainer = Trainer(self.model, [image], [labels], cfg)
         if self.rounds == 0:

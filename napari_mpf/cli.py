@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train for about S seconds instead: the learning-rate schedule is fitted to the time, "
                         "and --steps (if given) caps the steps")
     t.add_argument("--no-augment", action="store_true", help="no random flips and rotations")
-    t.add_argument("--no-balance", action="store_true", help="plain loss instead of the class-balanced one")
+    t.add_argument("--balance", action="store_true",
+                   help="the papers' class-balanced loss (every painted class weighs the same) instead of the mean "
+                        "over the painted pixels")
     t.add_argument("--seed", type=int, default=0, help="seed for weights, augmentation and --sample-labels (default 0)")
     t.add_argument("--class-names", metavar="A,B,...", help="names of classes 1..K, comma separated")
     t.add_argument("--crop-by-class", action="store_true", help="centre each step's crop on a painted pixel drawn class first, so rare classes are seen as often as common ones")
@@ -415,7 +417,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         lr=args.lr,
         augment=not args.no_augment,
-        balance=not args.no_balance,
+        balance=args.balance,
         seed=args.seed,
         crop_by_class=args.crop_by_class,
         context=args.context,
@@ -609,7 +611,7 @@ def _train_pairs(args: argparse.Namespace, out: Path) -> int:
     image_labels = (_read_image_labels(args.image_labels, len(dataset), model, "in the order of the pairs (sorted by name)")
                     if args.image_labels else None)
     config = TrainConfig(steps=_train_steps(args), seconds=args.seconds, optimizer=args.optimizer, lr=args.lr,
-                         augment=not args.no_augment, balance=not args.no_balance, seed=args.seed,
+                         augment=not args.no_augment, balance=args.balance, seed=args.seed,
                          crop_by_class=args.crop_by_class, context=args.context)
     _print_network(model, args.context)
     print(f"data: {len(dataset)} pair(s) in {args.pairs}, streamed one per step")

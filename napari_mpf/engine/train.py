@@ -46,7 +46,10 @@ class TrainConfig:
     ``schedule``: ``"cosine"`` decays the learning rate to 10% over the run, ``"constant"`` keeps it.
     ``preview_every``: every that many steps (and at the last step) a :class:`Progress` carries the
     probabilities of image ``preview_index``; 0 = only on request.
-    ``balance``: ``True`` weighs the painted classes equally within each step; ``"global"`` weighs
+    ``balance``: ``False`` (the default): the mean over the painted pixels, so the painted amounts
+    set the classes' weights (with a few strokes on a small defect the class-balanced loss made
+    defects of half a tile; benchmarks/loop.py); ``True`` (the papers' masked class-balanced loss)
+    weighs the painted classes equally within each step; ``"global"`` weighs
     them by their frequency over the whole training set (so a step whose crop or image holds only
     background counts as little as that background does in the set); ``False``: plain mean.
     ``crop``: when the painted pixels spread over more than ``crop`` x ``crop`` pixels, each step
@@ -83,7 +86,7 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "cosine"
     augment: bool = True
-    balance: bool | str = True
+    balance: bool | str = False
     seed: int = 0
     preview_every: int = 0
     preview_index: int = 0
