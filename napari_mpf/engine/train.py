@@ -34,7 +34,7 @@ __all__ = ["CONTINUE_LR", "LIVE_STEPS", "TrainConfig", "Progress", "Trainer", "t
 
 #: a network that has trained before continues at this share of the default learning rate (each
 #: round of corrections then refines instead of starting over; benchmarks/loop.py)
-CONTINUE_LR = 0.1
+CONTINUE_LR = 0.3
 #: steps of a live retraining after the user paints (the widget's default, the loop benchmark's rounds)
 LIVE_STEPS = 60
 
