@@ -79,7 +79,7 @@ def test_scores_against_known_answers():
 
 
 @pytest.mark.parametrize("kind", ["mpf", "rf"])
-def test_a_short_session_runs_every_round(kind):
+def test_a_short_session_runs_every_round(kind, tmp_path):
     sample = two_texture_sample((64, 64), seed=3)
     other = two_texture_sample((64, 64), seed=4)
     task = loop.Task("tiles", "synthetic", sample.image, sample.truth, [(other.image, other.truth)] * 2,
@@ -97,5 +97,7 @@ def test_a_short_session_runs_every_round(kind):
         assert [r["steps"] for r in records] == [3, 2] and records[0]["first_preview"] > 0
     summary = loop.summarise(records + records)
     assert [s["n"] for s in summary] == [2, 2]
+    loop.plot(summary, tmp_path / "loop.png")
+    assert (tmp_path / "loop.png").read_bytes()[:4] == b"\x89PNG"
     assert "| " + kind + " | 1 |" in loop.report(summary, SimpleNamespace(
         runs=1, first_strokes=3, more_strokes=2, rounds=2, first_steps=3, round_steps=2, round_seconds=None))
