@@ -47,13 +47,14 @@ import simulated_user as su  # noqa: E402
 
 from napari_mpf.engine import Model, TrainConfig, Trainer, predict_proba  # noqa: E402
 from napari_mpf.engine.objects import count_objects  # noqa: E402
+from napari_mpf.engine.spec import DEFAULT_PRESET  # noqa: E402
 from napari_mpf.engine.train import LIVE_STEPS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-#: our method's settings; every key can be overridden per row (``name:key=value,...``)
-OURS = dict(preset="fast", spec=None, filters=None, activation="tanh", optimizer="adam", lr=None,
-            crop=256, seed=0, calibrate=True, rsteps=None, tta=False, balance=TrainConfig.balance,
-            smoothness=0)
+#: our method's settings, the engine's defaults; every key can be overridden per row (``name:key=value,...``)
+OURS = dict(preset=DEFAULT_PRESET, spec=None, filters=None, activation="tanh", optimizer=TrainConfig.optimizer,
+            lr=None, crop=TrainConfig.crop, seed=0, calibrate=TrainConfig.calibrate, rsteps=None, tta=False,
+            balance=TrainConfig.balance, smoothness=0)
 
 
 @dataclass

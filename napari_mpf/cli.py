@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the first one's probabilities for the rest; the model file holds both (e.g. fast)")
     t.add_argument("--optimizer", choices=("adam", "sgd", "armijo", "lbfgs"), default="adam")
     t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: the optimizer's, a third of it for Adam/SGD on nets with 3+ pooling stages)")
-    t.add_argument("--steps", type=_positive_int, default=None, help="training steps (one image each; default 200, or no cap with --seconds)")
+    t.add_argument("--steps", type=_positive_int, default=None, help="training steps (one image each; default TrainConfig.steps, or no cap with --seconds)")
     t.add_argument("--seconds", type=_positive_float, default=None, metavar="S",
                    help="train for about S seconds instead: the learning-rate schedule is fitted to the time, "
                         "and --steps (if given) caps the steps")
@@ -550,10 +550,12 @@ _NO_STEP_CAP = 10**9
 
 
 def _train_steps(args: argparse.Namespace) -> int:
-    """--steps, or its default: 200, or no practical cap when --seconds sets the length."""
+    """--steps, or its default (``TrainConfig.steps``), or no practical cap when --seconds sets the length."""
+    from .engine import TrainConfig
+
     if args.steps is not None:
         return args.steps
-    return _NO_STEP_CAP if args.seconds is not None else 200
+    return _NO_STEP_CAP if args.seconds is not None else TrainConfig.steps
 
 
 def _train_and_save(trainer, args: argparse.Namespace, out: Path, provenance: dict) -> int:

@@ -36,7 +36,7 @@ __all__ = ["CONTINUE_LR", "LIVE_STEPS", "TrainConfig", "Progress", "Trainer", "t
 #: round of corrections then refines instead of starting over; benchmarks/loop.py)
 CONTINUE_LR = 0.3
 #: steps of a live retraining after the user paints (the widget's default, the loop benchmark's rounds)
-LIVE_STEPS = 60
+LIVE_STEPS = 15
 
 
 @dataclass
@@ -54,7 +54,9 @@ class TrainConfig:
     background counts as little as that background does in the set); ``False``: plain mean.
     ``crop``: when the painted pixels spread over more than ``crop`` x ``crop`` pixels, each step
     trains on a random box of that size around a painted pixel (much faster steps on large images;
-    ``None`` = always the whole box of painted pixels). ``crop_by_class``: the crop's painted pixel
+    ``None`` = always the whole box of painted pixels). The default, 512, puts every stroke of an
+    image up to 512² in every step: from a few strokes that learned more per second than 256² boxes
+    at 4x the steps (benchmarks/loop.py). ``crop_by_class``: the crop's painted pixel
     is drawn class first, so rare classes are seen as often as common ones. ``elastic``: when above
     0, every batch is elastically deformed (:mod:`~napari_mpf.engine.augment`) by smooth random
     displacements with this standard deviation in pixels (0 = off). ``intensity``: when above 0,
@@ -80,7 +82,7 @@ class TrainConfig:
     A network that has trained before continues at ``CONTINUE_LR`` times the default learning rate.
     """
 
-    steps: int = 200
+    steps: int = 50
     optimizer: str = "adam"
     lr: float | None = None
     momentum: float = 0.9
@@ -90,7 +92,7 @@ class TrainConfig:
     seed: int = 0
     preview_every: int = 0
     preview_index: int = 0
-    crop: int | None = 256
+    crop: int | None = 512
     crop_by_class: bool = False
     elastic: float = 0.0
     intensity: float = 0.0
