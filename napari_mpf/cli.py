@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "over the painted pixels")
     t.add_argument("--seed", type=int, default=0, help="seed for weights, augmentation and --sample-labels (default 0)")
     t.add_argument("--class-names", metavar="A,B,...", help="names of classes 1..K, comma separated")
+    t.add_argument("--step-size", type=_positive_int, default=None, metavar="N",
+                   help="each step trains on an N x N box around a painted pixel when the strokes spread wider "
+                        "(default 512: every stroke of a 512x512 image in every step; 256 was the default before)")
     t.add_argument("--crop-by-class", action="store_true", help="centre each step's crop on a painted pixel drawn class first, so rare classes are seen as often as common ones")
     t.add_argument("--out", required=True, metavar="MODEL.npz", help="where to save the trained model")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -421,6 +424,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         crop_by_class=args.crop_by_class,
         context=args.context,
+        **_step_size(args),
     )
     _print_network(model, args.context)
     names = list(model.class_names)
@@ -549,6 +553,11 @@ def _read_image_labels(path: str, n_images: int, model, order: str = "in the ord
 _NO_STEP_CAP = 10**9
 
 
+def _step_size(args: argparse.Namespace) -> dict:
+    """``crop=`` for :class:`TrainConfig` when ``--step-size`` is given (else its default)."""
+    return {} if args.step_size is None else {"crop": args.step_size}
+
+
 def _train_steps(args: argparse.Namespace) -> int:
     """--steps, or its default (``TrainConfig.steps``), or no practical cap when --seconds sets the length."""
     from .engine import TrainConfig
@@ -614,7 +623,7 @@ def _train_pairs(args: argparse.Namespace, out: Path) -> int:
                     if args.image_labels else None)
     config = TrainConfig(steps=_train_steps(args), seconds=args.seconds, optimizer=args.optimizer, lr=args.lr,
                          augment=not args.no_augment, balance=args.balance, seed=args.seed,
-                         crop_by_class=args.crop_by_class, context=args.context)
+                         crop_by_class=args.crop_by_class, context=args.context, **_step_size(args))
     _print_network(model, args.context)
     print(f"data: {len(dataset)} pair(s) in {args.pairs}, streamed one per step")
     trainer = Trainer(model, dataset, None, config, image_labels=image_labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from pathlib import Path
@@ -498,3 +499,20 @@ def test_train_in_two_stages(data, capsys):
     err = user_error(capsys, "train", "--image", data / "img.tif", "--labels", data / "strokes.tif",
                      "--spec", TINY, "--context", "bogus", "-q", "--out", data / "bad.npz")
     assert "bogus" in err.lower() and not (data / "bad.npz").exists()
+
+
+def test_step_size_sets_the_training_box(data, tmp_path, monkeypatch):
+    T = importlib.import_module("napari_mpf.engine.train")  # the module (the package exports train())
+    seen = []
+    original = T.Trainer.__init__
+
+    def spy(self, model, images, labels=None, config=None, image_labels=None):
+        seen.append(config.crop)
+        original(self, model, images, labels, config, image_labels)
+
+    monkeypatch.setattr(T.Trainer, "__init__", spy)
+    for extra, crop in (([], T.TrainConfig.crop), (["--step-size", "24"], 24)):
+        out = tmp_path / f"m{crop}.npz"
+        assert cli.main(["train", "--image", str(data / "img.tif"), "--labels", str(data / "strokes.tif"),
+                         "--spec", "C3x3x4, MPF2x2, C3x3x4, FC8", "--steps", "2", "--out", str(out), "-q", *extra]) == 0
+        assert seen[-1] == crop
