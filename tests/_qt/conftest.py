@@ -41,14 +41,10 @@ def viewer_widget(make_napari_viewer, qtbot, notes):
 
 @pytest.fixture(scope="session", autouse=True)
 def compiled_kernels():
-    """Compile the engine's kernels for the small spec once, before any widget test waits for a
-    signal with a timeout: on a clean checkout Numba compiles them cold, which took over 30 s on a
-    busy 2-core machine and timed a test out."""
+    """Compile the kernels of the small spec once, by the widget's own warm-up path, before any
+    widget test waits for a signal with a timeout: on a clean checkout Numba compiles them cold,
+    which took over 30 s on a busy 2-core machine and timed a test out."""
     from napari_mpf._qt.trainer_widget import SMALL_SPEC
-    from napari_mpf._sample_data import blobs
-    from napari_mpf.engine import Model, TrainConfig, predict_proba, train
+    from napari_mpf.engine.warmup import warm_up
 
-    image, strokes, _ = blobs((24, 24), n=2, radius=3)
-    model = Model.for_data([image], [strokes], spec=SMALL_SPEC)
-    train(model, [image], [strokes], TrainConfig(steps=2, augment=False))
-    predict_proba(model, image)
+    warm_up(SMALL_SPEC)
