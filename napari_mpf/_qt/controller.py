@@ -468,7 +468,13 @@ class Controller:
         translate = image_layer.translate[-len(shape):]
         meta = {OUTPUT_KEY: role, "image": image_layer.name}
         adder = self.viewer.add_image if kind is Image else self.viewer.add_labels
-        return adder(data, name=name, scale=scale, translate=translate, metadata=meta, **kwargs)
+        active = layers.selection.active
+        layer = adder(data, name=name, scale=scale, translate=translate, metadata=meta, **kwargs)
+        if image_layer in layers:  # just above the image: the strokes stay on top, visible
+            layers.move(layers.index(layer), layers.index(image_layer) + 1)
+        if active is not None and active in layers:  # the user keeps painting where they were
+            layers.selection.active = active
+        return layer
 
     def prob_names(self, image_layer, class_names: list[str]) -> list[tuple[int, str]]:
         """``(class index k (0-based), layer name)`` of the probability layers (foreground classes)."""

@@ -13,6 +13,7 @@ def configure(widget: TrainerWidget, steps: int = 4) -> None:
     widget.preview_spin.setValue(2)
     widget.augment_check.setChecked(False)
     widget.min_area_spin.setValue(5)
+    widget.count_check.setChecked(True)
 
 
 def wait_idle(qtbot, widget: TrainerWidget, timeout: int = 30_000) -> None:

@@ -88,11 +88,13 @@ def test_bad_model_file(viewer_widget, tmp_path, notes):
     bad = tmp_path / "not_a_model.npz"
     np.savez(bad, x=np.zeros(3))
     assert w.import_model(bad) is None
-    assert "Cannot load the model" in _last_error(notes) and "not a napari-mpf model file" in _last_error(notes)
+    # the reason first (a toast cuts the end off), then what failed
+    assert _last_error(notes).startswith("Not a napari-mpf model file")
+    assert _last_error(notes).endswith("(cannot load the model not_a_model.npz).")
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"this is not a zip file")
     assert w.import_model(junk) is None
-    assert "Cannot load the model" in _last_error(notes)
+    assert "(cannot load the model junk.npz)" in _last_error(notes)
     assert w.controller.model is None
 
 

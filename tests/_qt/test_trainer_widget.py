@@ -7,6 +7,7 @@ import time
 import numpy as np
 from napari.layers import Image, Labels
 from qt_helpers import add_pair, configure, train_and_wait, wait_idle
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLineEdit, QPushButton, QSpinBox
 
 from napari_mpf._qt.trainer_widget import TrainerWidget
 from napari_mpf._sample_data import blobs
@@ -319,3 +320,36 @@ def test_warm_up_on_open_then_train_pressed_early_starts_when_ready(make_napari_
     wait_idle(qtbot, w)
     assert w.timings["warm_up"] > 0 and w.controller.model.provenance["steps"] == 2
     w.close_workers()
+
+
+def test_basic_panel_and_collapsed_sections(viewer_widget):
+    """A new user sees the basic controls; the rest waits in collapsed sections."""
+    _, w = viewer_widget
+    for section in (w.options_section, w.outputs_section, w.model_section):
+        assert not section.isExpanded()
+    basic = [w.image_combo, w.labels_combo, w.new_labels_btn, w.classes_edit, w.spec_combo,
+             w.train_btn, w.stop_btn, w.live_check]
+    body = w.train_btn.parentWidget()
+    assert all(c.parentWidget() is body for c in basic)
+    inputs = (QComboBox, QLineEdit, QPushButton, QCheckBox, QSpinBox, QDoubleSpinBox)
+    on_top = [c for c in body.children() if isinstance(c, inputs)]
+    assert len(on_top) <= 8, [type(c).__name__ for c in on_top]
+
+
+def test_outputs_go_under_the_strokes_and_leave_them_selected(viewer_widget, qtbot):
+    """After training the strokes layer stays on top and selected (the user keeps painting), the
+    objects are only counted when asked, and the class box names the user's classes."""
+    viewer, w = viewer_widget
+    image, strokes, _ = blobs((24, 24), n=2, radius=3)
+    img, lab = add_pair(viewer, image, strokes, classes=("cell", "nucleus"))
+    assert [w.class_combo.itemText(i) for i in range(w.class_combo.count())] == ["nucleus"]
+    w.count_check.setChecked(False)
+    viewer.layers.selection.active = lab
+    train_and_wait(qtbot, w)
+    names = [ly.name for ly in viewer.layers]
+    assert names[0] == "img" and names[-1] == "img labels", names
+    assert "img p(nucleus)" in names and "img objects" not in names
+    assert viewer.layers.selection.active is lab
+    res = w.count()
+    assert f"{res.count} object(s) of nucleus" in w.count_label.text()
+    assert viewer.layers.selection.active is lab

@@ -118,7 +118,7 @@ def test_train_with_heads_on_the_sample_shows_the_image_probability(viewer_widge
     expected = float(predict(model, np.asarray(viewer.layers[name].data, np.float32)).image_probabilities[0])
     assert obj.metadata["image_probability"] == pytest.approx(expected, abs=1e-6)
     assert f"image head p(defect) = {expected:.2f}" in w.count_label.text()
-    assert "object(s) — " in w.count_label.text()
+    assert "object(s) of defect — " in w.count_label.text()
     assert "heads: superpixel branch (mean, ~300 px), image-level head (loss weight 0.5)" in w.model_info.toPlainText()
 
 
