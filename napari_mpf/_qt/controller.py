@@ -278,9 +278,10 @@ class Controller:
             if slices:
                 used += [img_layer, lab_layer]
         if not labels:
+            names = self.class_names_of(labels_layer, 2, class_names)
             raise UserError(
                 f"No strokes in '{labels_layer.name}': paint a few strokes per class "
-                "(label 1 = background, 2 = foreground, ...) before training."
+                f"(label 1 = {names[0]}, 2 = {names[1]}, ...) before training."
             )
         present = np.unique(np.concatenate([np.unique(lab) for lab in labels]))
         present = present[present > 0]

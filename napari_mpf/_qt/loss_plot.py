@@ -20,7 +20,7 @@ class LossPlot(QWidget):
         self.losses: list[float] = []
         self.setMinimumHeight(70)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setToolTip("Training loss (masked, class-balanced cross-entropy) per step")
+        self.setToolTip("Training loss (cross-entropy on the painted pixels) per step")
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
         return QSize(240, 90)

@@ -41,6 +41,7 @@ class _Run:
     last_preview: float = 0.0
     first_preview: float | None = None
     losses: list[float] = field(default_factory=list)
+    step_offset: int = 0
 
 
 class _Workers:
@@ -99,6 +100,8 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
         self._show_model(None)
         self.engine_ready = not self.warm_up_on_open
         self._train_pending = False
+        self.steps_spin.valueChanged.connect(self._show_idle_progress)
+        self._show_idle_progress()
         if self.warm_up_on_open:
             self._warm_up()
 
@@ -119,13 +122,18 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
 
     def _engine_ready_now(self, text: str) -> None:
         self.engine_ready = True
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
+        self._show_idle_progress()
         if self._train_pending:
             self._train_pending = False
             self.train()
         else:
             self._say(text, notify=False)
+
+    def _show_idle_progress(self, *_) -> None:
+        """Before a run the bar reads 0 / the steps Train will take."""
+        if self._run is None and self.engine_ready:
+            self.progress.setRange(0, self.steps_spin.value())
+            self.progress.setValue(0)
 
     @property
     def _train_worker(self):
@@ -299,9 +307,13 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
             self._say(note.capitalize(), "warning")
         self._run = _Run(image, tset, trainer, started, live=live, last_preview=started)
         trainer.request_preview()
-        self.loss_plot.clear()
-        self.progress.setRange(0, int(trainer.config.steps))
-        self.progress.setValue(0)
+        continuing = bool(getattr(self.controller, "_continued", False))
+        offset = int(trainer.model.provenance.get("steps", 0)) if continuing else 0
+        self._run.step_offset = offset  # a continued run counts on from the steps already done
+        if not offset:
+            self.loss_plot.clear()
+        self.progress.setRange(offset, offset + int(trainer.config.steps))
+        self.progress.setValue(offset)
         worker = create_worker(trainer.run, _start_thread=False)
         worker.yielded.connect(self._on_progress)
         worker.errored.connect(self._on_train_error)
@@ -310,7 +322,7 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
         self._set_busy(True)
         n = len(tset.images)
         what = f"{n} slice(s)/image(s), {tset.n_painted} painted pixels"
-        verb = "continuing" if getattr(self.controller, "_continued", False) else "new network"
+        verb = "continuing" if continuing else "new network"
         self._say(f"Training ({verb}) on {what}…", notify=False)
         worker.start()
         return worker
@@ -333,8 +345,10 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
         run, worker = self._run, self._train_worker
         if run is None or worker is None or worker.abort_requested:
             return
-        self.progress.setValue(int(p.step))
-        self.loss_plot.add(p.step, p.loss)
+        step = run.step_offset + int(p.step)
+        self.progress.setMaximum(run.step_offset + int(p.n_steps))
+        self.progress.setValue(step)
+        self.loss_plot.add(step, p.loss)
         run.losses.append(float(p.loss))
         now = time.perf_counter()
         if p.probabilities is not None:
@@ -414,6 +428,9 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
                 z = self.controller.current_slice(run.image_layer)
             except UserError:
                 z = None
+            if z is not None:
+                self._say(self.status.text() + f" Predicted slice {z}; 'Predict image / stack' (Predict and "
+                          "objects) does every slice, live mode the slice you move to.", notify=False)
             self.predict(run.image_layer, [z], notify=False)
         if self._live_pending:
             self._live_pending = False

@@ -353,3 +353,18 @@ def test_outputs_go_under_the_strokes_and_leave_them_selected(viewer_widget, qtb
     res = w.count()
     assert f"{res.count} object(s) of nucleus" in w.count_label.text()
     assert viewer.layers.selection.active is lab
+
+
+def test_progress_counts_the_steps_and_continuing_counts_on(viewer_widget, qtbot):
+    viewer, w = viewer_widget
+    image, strokes, _ = blobs((24, 24), n=2, radius=3)
+    add_pair(viewer, image, strokes)
+    w.steps_spin.setValue(6)
+    assert (w.progress.minimum(), w.progress.maximum(), w.progress.value()) == (0, 6, 0)
+    train_and_wait(qtbot, w)
+    assert w.loss_plot.steps == list(range(1, 7)) and w.progress.value() == 6
+    w.steps_spin.setValue(3)
+    train_and_wait(qtbot, w)  # continues from the current weights
+    assert w.loss_plot.steps == list(range(1, 10))
+    assert (w.progress.maximum(), w.progress.value()) == (9, 9)
+    assert w.controller.model.provenance["steps"] == 9
