@@ -1,4 +1,4 @@
-"""The README's stand-alone evaluation of a saved model agrees with the engine."""
+"""The stand-alone evaluation of a saved model in docs/model-file.md agrees with the engine."""
 
 import re
 from pathlib import Path
@@ -7,14 +7,14 @@ import numpy as np
 
 from napari_mpf.engine import Model, predict_proba, save_model
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+MODEL_FILE_DOC = Path(__file__).resolve().parents[1] / "docs" / "model-file.md"
 
 
-def test_readme_model_file_snippet_matches_the_engine(tmp_path):
-    text = README.read_text()
+def test_model_file_doc_snippet_matches_the_engine(tmp_path):
+    text = MODEL_FILE_DOC.read_text()
     code = re.search(r"```python\n(import json, numpy as np\n.*?)```", text, re.S).group(1)
     namespace: dict = {}
-    exec(code, namespace)  # noqa: S102 - the README's own example
+    exec(code, namespace)  # noqa: S102 - the document's own example
     classify_pixel = namespace["classify_pixel"]
     rng = np.random.default_rng(0)
     model = Model.create("C3x3x4, MPF2x2, C3x3x5, MPF2x2, FC6", 2, 3, activation="relu", seed=1)
