@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-labels", type=_fraction, metavar="FRACTION", help="keep a random (seeded) fraction of the labelled pixels and unpaint the rest, to emulate sparse annotation")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--preset", default=None,
-                   help="named network: wide (default; 52x52 window, the most accurate in benchmarks/RESULTS_ACCURACY.md), "
-                        "fast (24x24, about twice as fast), steel or n3")
+                   help="named network: fast (default; the best in the loop benchmark: a few strokes, "
+                        "seconds per round), wide (52x52 window, about twice the time per step, more accurate with many "
+                        "labels and minutes of training), wide2, steel or n3")
     g.add_argument("--spec", metavar="TEXT", help="network in the papers' notation, e.g. 'C5x5x8, MPF2x2, C3x3x8, FC32'")
     t.add_argument("--activation", choices=("tanh", "relu"), default="tanh")
     t.add_argument("--filters", choices=("none", "multiscale"), default="none",
