@@ -30,8 +30,8 @@ def _wait(app, condition, timeout: float) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sample", default="surface_defects", choices=["surface_defects", "membrane_em"])
-    ap.add_argument("--spec", default="C5x5x8, MPF2x2, C3x3x8, MPF2x2, C3x3x8, FC16")
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--spec", default=None, help="network (default: the widget's)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: the widget's)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
     ap.add_argument("--timeout", type=float, default=600.0)
     args = ap.parse_args(argv)
@@ -44,10 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     viewer.window._qt_window.resize(1600, 1000)
     _, widget = viewer.window.add_plugin_dock_widget("napari-mpf", "MPF trainer")
     viewer.open_sample("napari-mpf", args.sample)
-    widget.spec_combo.setCurrentText(args.spec)
-    widget.steps_spin.setValue(args.steps)
-    widget.preview_spin.setValue(10)
-    widget.min_area_spin.setValue(15)
+    if args.spec:
+        widget.spec_combo.setCurrentText(args.spec)
+    if args.steps:
+        widget.steps_spin.setValue(args.steps)
+    _wait(app, lambda: widget.engine_ready, args.timeout)  # the widget prepares the engine on open
     if widget.train() is None:
         print("could not start training:", widget.messages[-1:], file=sys.stderr)
         return 1
@@ -56,11 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     if not done:
         widget.stop()
         _wait(app, lambda: widget._train_worker is None and widget._predict_worker is None, 60)
-    print(f"trained in {time.monotonic() - t0:.1f} s: {widget.status.text()} | {widget.count_label.text()}")
+    print(f"trained in {time.monotonic() - t0:.1f} s: {widget.status.text()}")
     name = viewer.layers[0].name
     if f"{name} segmentation" in viewer.layers:
         viewer.layers[f"{name} segmentation"].visible = False
-    viewer.layers.selection.active = viewer.layers[f"{name} objects"] if f"{name} objects" in viewer.layers else None
     viewer.reset_view()
     _wait(app, lambda: False, 1.0)  # let the canvas and the dock settle
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from napari.layers import Image, Labels
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -23,6 +24,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -81,6 +83,7 @@ class TrainerForm:
     def _build(self) -> None:
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # fit the dock's width
         body = QWidget()
         scroll.setWidget(body)
         outer = QVBoxLayout(self)
@@ -95,6 +98,11 @@ class TrainerForm:
         for section in (self.options_section, self.outputs_section, self.model_section):
             root.addWidget(section)
         root.addStretch(1)
+        # the dock is as wide as the controls need, with room for the vertical scroll bar; the
+        # controls then take the viewport's width, never more
+        scroll.setMinimumWidth(body.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width()
+                               + 2 * scroll.frameWidth())
+        body.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
     def _basic(self) -> QFormLayout:
         v = self.viewer
@@ -115,6 +123,8 @@ class TrainerForm:
         form.addRow("Classes", self.classes_edit)
         self.spec_combo = QComboBox()
         self.spec_combo.setEditable(True)
+        self.spec_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.spec_combo.setMinimumContentsLength(8)
         self.spec_combo.addItems([*PRESETS, SMALL_SPEC])
         self.spec_combo.setCurrentText(TrainSettings.spec)  # engine.spec.DEFAULT_PRESET
         self.spec_combo.setToolTip(NETWORK_HELP)
@@ -155,7 +165,8 @@ class TrainerForm:
     def _options(self) -> QWidget:
         box = QWidget()
         form = QFormLayout(box)
-        self.pairs_check = QCheckBox("also other images with a '<image> labels' layer")
+        self.pairs_check = QCheckBox("also other images")
+        self.pairs_check.setToolTip("Train on every image layer that has a '<image> labels' layer, not only the one above")
         form.addRow("Data", self.pairs_check)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1_000_000)
@@ -218,11 +229,10 @@ class TrainerForm:
         self.superpixel_pool_combo = QComboBox()
         self.superpixel_pool_combo.addItems(["max", "mean"])
         self.superpixel_pool_combo.setToolTip("How the branch pools the features over each superpixel")
-        heads.addWidget(self.superpixel_check)
         heads.addWidget(self.superpixel_size_spin, 1)
         heads.addWidget(self.superpixel_pool_combo)
-        form.addRow("Heads", heads)
-        image_head = QHBoxLayout()
+        form.addRow("Heads", self.superpixel_check)
+        form.addRow("", heads)
         self.image_head_check = QCheckBox("image-level head")
         self.image_head_check.setToolTip(
             "A new network gets a classifier on the whole image's pooled features that gives p(class present) "
@@ -237,42 +247,37 @@ class TrainerForm:
             "Weight of the image-level loss beside the pixel loss; its labels come from the strokes "
             "(a class painted in an image is present; an image with strokes but none of a class is without it)"
         )
-        image_head.addWidget(self.image_head_check)
-        image_head.addWidget(self.image_head_weight_spin, 1)
-        form.addRow("", image_head)
+        form.addRow("", self.image_head_check)
+        form.addRow("", self.image_head_weight_spin)
         return box
 
     def _outputs(self) -> QWidget:
         box = QWidget()
         form = QFormLayout(box)
-        buttons = QHBoxLayout()
-        self.predict_btn = QPushButton("Predict image / stack")
+        self.predict_btn = QPushButton("Predict all slices")
         self.predict_btn.setToolTip("Apply the current model to every slice of the chosen image")
         self.zarr_btn = QPushButton("Predict to zarr…")
         self.zarr_btn.setToolTip(
             "Predict every slice into a zarr store on disk, chunk by chunk (for big stacks), with progress and "
             "Stop; the same store resumes a stopped run. Objects are counted per slice; the layers then read the store."
         )
-        buttons.addWidget(self.predict_btn)
-        buttons.addWidget(self.zarr_btn)
-        form.addRow(buttons)
-        self.tta_check = QCheckBox("test-time augmentation (8× slower)")
+        form.addRow(self.predict_btn)
+        form.addRow(self.zarr_btn)
+        self.tta_check = QCheckBox("rotations and flips (8× slower)")
         self.tta_check.setToolTip(
             "Predict: average the probabilities over the 8 rotations and flips of each slice "
             "(not the training preview, not lazy or zarr predictions)."
         )
         form.addRow("Predict", self.tta_check)
-        refine = QHBoxLayout()
         self.refine_check = QCheckBox("superpixel refinement")
         self.refine_check.setToolTip(
             "Average the class probabilities over SLIC superpixels of about this area before segmenting and "
             "counting (final maps and Predict; the training preview is not refined)."
         )
         self.refine_size_spin = _superpixel_size_spin(400, "Mean superpixel area of the refinement, in pixels")
-        refine.addWidget(self.refine_check)
-        refine.addWidget(self.refine_size_spin, 1)
-        form.addRow("Refine", refine)
-        self.count_check = QCheckBox("count objects after each prediction")
+        form.addRow("Refine", self.refine_check)
+        form.addRow("", self.refine_size_spin)
+        self.count_check = QCheckBox("count after each prediction")
         self.count_check.setToolTip(
             "For defect-type use: connected regions of the class below become the '<image> objects' layer, "
             "with a per-object table and a flag"
@@ -294,12 +299,12 @@ class TrainerForm:
         self.min_count_spin.setRange(0, 1_000_000)
         self.min_count_spin.setValue(1)
         self.min_count_spin.setSpecialValueText("off")
-        form.addRow("Flag if objects ≥", self.min_count_spin)
+        form.addRow("Flag: objects ≥", self.min_count_spin)
         self.min_pixels_spin = QSpinBox()
         self.min_pixels_spin.setRange(0, 100_000_000)
         self.min_pixels_spin.setValue(0)
         self.min_pixels_spin.setSpecialValueText("off")
-        form.addRow("or object pixels ≥", self.min_pixels_spin)
+        form.addRow("or pixels ≥", self.min_pixels_spin)
         self.count_btn = QPushButton("Count now")
         form.addRow(self.count_btn)
         self.count_label = QLabel("no objects counted yet")

@@ -26,6 +26,9 @@ class LayerCombo(QComboBox):
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
+        # long layer names must not widen the dock beyond the window
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(8)
         self.viewer = viewer
         self.layer_type = layer_type
         self.accept = accept or (lambda layer: True)

@@ -429,7 +429,7 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
             except UserError:
                 z = None
             if z is not None:
-                self._say(self.status.text() + f" Predicted slice {z}; 'Predict image / stack' (Predict and "
+                self._say(self.status.text() + f" Predicted slice {z}; 'Predict all slices' (Predict and "
                           "objects) does every slice, live mode the slice you move to.", notify=False)
             self.predict(run.image_layer, [z], notify=False)
         if self._live_pending:

@@ -33,7 +33,7 @@ def test_stack_trains_on_painted_slices_and_predicts_all(viewer_widget, qtbot):
     assert prob.data.shape == (3, 32, 32)
     assert 2 in prob.metadata["predicted_slices"]
     assert not prob.data[1].any()  # only the shown slice was predicted after training, and it says so
-    assert "Predicted slice 2; 'Predict image / stack'" in w.status.text()
+    assert "Predicted slice 2; 'Predict all slices'" in w.status.text()
     with qtbot.waitSignal(w.prediction_finished, timeout=20_000):
         w.predict_btn.click()
     assert prob.metadata["predicted_slices"] == [0, 1, 2]
