@@ -45,16 +45,18 @@ import eval_common as ec  # noqa: E402
 import numpy as np  # noqa: E402
 import simulated_user as su  # noqa: E402
 
+from napari_mpf import recipe  # noqa: E402
 from napari_mpf.engine import Model, TrainConfig, Trainer, predict_proba  # noqa: E402
 from napari_mpf.engine.objects import count_objects  # noqa: E402
-from napari_mpf.engine.spec import DEFAULT_PRESET  # noqa: E402
-from napari_mpf.engine.train import LIVE_STEPS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: our method's settings, the engine's defaults; every key can be overridden per row (``name:key=value,...``)
-OURS = dict(preset=DEFAULT_PRESET, spec=None, filters=None, activation="tanh", optimizer=TrainConfig.optimizer,
-            lr=None, crop=TrainConfig.crop, seed=0, calibrate=TrainConfig.calibrate, rsteps=None, tta=False,
-            balance=TrainConfig.balance, smoothness=0)
+_DEFAULTS = recipe.defaults()
+#: row key of each recipe choice: our rows start from the recipe's defaults (what a user gets)
+RECIPE_KEYS = {"network": "preset", "filters": "filters", "activation": "activation", "optimizer": "optimizer",
+               "lr": "lr", "step_size": "crop", "balance": "balance", "seed": "seed"}
+OURS = dict({key: _DEFAULTS[name] for name, key in RECIPE_KEYS.items()}, spec=None,
+            calibrate=TrainConfig.calibrate, rsteps=None, tta=False, smoothness=0)
 
 
 @dataclass
@@ -377,9 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--first-strokes", type=int, default=10, help="strokes per class in round 1")
     ap.add_argument("--more-strokes", type=int, default=5, help="strokes added in each later round")
-    ap.add_argument("--first-steps", type=int, default=TrainConfig.steps,
+    ap.add_argument("--first-steps", type=int, default=_DEFAULTS["steps"],
                     help="our training steps in round 1 (default: Train's, %(default)s)")
-    ap.add_argument("--round-steps", type=int, default=LIVE_STEPS,
+    ap.add_argument("--round-steps", type=int, default=_DEFAULTS["live_steps"],
                     help="our training steps in each later round (default: live retraining's, %(default)s)")
     ap.add_argument("--round-seconds", type=float, default=None,
                     help="train this many seconds in every round instead (at most 30)")

@@ -22,7 +22,7 @@ try:  # Ctrl-C while the command starts (NumPy's import): no traceback, as after
 
     import numpy as np
 
-    from . import __version__
+    from . import __version__, recipe
     from .cli_checks import (
         ENVIRONMENT_ERRNOS,
         CLIError,
@@ -114,35 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--label-offset", type=int, default=0, metavar="N", help="add N to every label pixel; use 1 for dense masks where 0 is a class (0/1 -> classes 1/2)")
     t.add_argument("--sample-labels", type=_fraction, metavar="FRACTION", help="keep a random (seeded) fraction of the labelled pixels and unpaint the rest, to emulate sparse annotation")
     g = t.add_mutually_exclusive_group()
-    g.add_argument("--preset", default=None,
-                   help="named network: fast (default; the best in the loop benchmark: a few strokes, "
-                        "seconds per round), wide (52x52 window, about twice the time per step, more accurate with many "
-                        "labels and minutes of training), wide2, steel or n3")
+    g.add_argument("--preset", default=None, help=recipe.choice("network").help)
     g.add_argument("--spec", metavar="TEXT", help="network in the papers' notation, e.g. 'C5x5x8, MPF2x2, C3x3x8, FC32'")
-    t.add_argument("--activation", choices=("tanh", "relu"), default="tanh")
-    t.add_argument("--filters", choices=("none", "multiscale"), default="none",
-                   help="input filters ahead of the network: 'multiscale' adds each channel smoothed, its gradient magnitude "
-                        "(sigma 1-16) and its Hessian eigenvalues (sigma 1-8); fixed, no parameters. Helped on EM "
-                        "membranes, hurt on defect images (default none)")
+    recipe.add_arguments(t, ("activation", "filters", "optimizer", "lr", "steps", "augment", "balance", "seed",
+                             "step_size"),
+                         types={"lr": _positive_float, "steps": _positive_int, "step_size": _positive_int},
+                         unset=("steps", "step_size"))
     t.add_argument("--context", metavar="PRESET|SPEC", default=None,
                    help="auto-context: train the network for the first half of the steps (or --seconds), then a "
                         "second network of this preset or spec (same activation, filters and heads) on the image "
                         "and the first one's probabilities for the rest; the model file holds both (e.g. fast)")
-    t.add_argument("--optimizer", choices=("adam", "sgd", "armijo", "lbfgs"), default="adam")
-    t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: the optimizer's, a third of it for Adam/SGD on nets with 3+ pooling stages)")
-    t.add_argument("--steps", type=_positive_int, default=None, help="training steps (one image each; default TrainConfig.steps, or no cap with --seconds)")
     t.add_argument("--seconds", type=_positive_float, default=None, metavar="S",
                    help="train for about S seconds instead: the learning-rate schedule is fitted to the time, "
                         "and --steps (if given) caps the steps")
-    t.add_argument("--no-augment", action="store_true", help="no random flips and rotations")
-    t.add_argument("--balance", action="store_true",
-                   help="the papers' class-balanced loss (every painted class weighs the same) instead of the mean "
-                        "over the painted pixels")
-    t.add_argument("--seed", type=int, default=0, help="seed for weights, augmentation and --sample-labels (default 0)")
     t.add_argument("--class-names", metavar="A,B,...", help="names of classes 1..K, comma separated")
-    t.add_argument("--step-size", type=_positive_int, default=None, metavar="N",
-                   help="each step trains on an N x N box around a painted pixel when the strokes spread wider "
-                        "(default 512: every stroke of a 512x512 image in every step; 256 was the default before)")
     t.add_argument("--crop-by-class", action="store_true", help="centre each step's crop on a painted pixel drawn class first, so rare classes are seen as often as common ones")
     t.add_argument("--out", required=True, metavar="MODEL.npz", help="where to save the trained model")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -420,7 +405,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         optimizer=args.optimizer,
         lr=args.lr,
-        augment=not args.no_augment,
+        augment=args.augment,
         balance=args.balance,
         seed=args.seed,
         crop_by_class=args.crop_by_class,
@@ -436,7 +421,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print_image_targets(trainer, args.image_labels)
 
     provenance = {"data": sources, "label_offset": args.label_offset, "sample_labels": args.sample_labels,
-                  "crop": args.crop, "image_labels": args.image_labels}
+                  "crop": args.crop, "image_labels": args.image_labels, "recipe": _recipe_of(args)}
     return _train_and_save(trainer, args, out, provenance)
 
 
@@ -599,6 +584,11 @@ def _train_and_save(trainer, args: argparse.Namespace, out: Path, provenance: di
     return 0
 
 
+def _recipe_of(args: argparse.Namespace) -> dict:
+    """The recipe values of a ``train`` command (stored in the model's provenance)."""
+    return dict(recipe.from_arguments(args), network=_spec_from(args))
+
+
 def _spec_from(args: argparse.Namespace) -> str:
     from .engine.spec import DEFAULT_PRESET, PRESETS
 
@@ -623,13 +613,14 @@ def _train_pairs(args: argparse.Namespace, out: Path) -> int:
     image_labels = (_read_image_labels(args.image_labels, len(dataset), model, "in the order of the pairs (sorted by name)")
                     if args.image_labels else None)
     config = TrainConfig(steps=_train_steps(args), seconds=args.seconds, optimizer=args.optimizer, lr=args.lr,
-                         augment=not args.no_augment, balance=args.balance, seed=args.seed,
+                         augment=args.augment, balance=args.balance, seed=args.seed,
                          crop_by_class=args.crop_by_class, context=args.context, **_step_size(args))
     _print_network(model, args.context)
     print(f"data: {len(dataset)} pair(s) in {args.pairs}, streamed one per step")
     trainer = Trainer(model, dataset, None, config, image_labels=image_labels)
     _print_image_targets(trainer, args.image_labels)
-    provenance = {"pairs": str(args.pairs), "label_offset": args.label_offset, "image_labels": args.image_labels}
+    provenance = {"pairs": str(args.pairs), "label_offset": args.label_offset, "image_labels": args.image_labels,
+                  "recipe": _recipe_of(args)}
     return _train_and_save(trainer, args, out, provenance)
 
 

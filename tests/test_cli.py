@@ -138,6 +138,7 @@ def test_label_offset_and_sample_labels(data, capsys):
     assert abs(sum(counts) - round(0.05 * 48 * 48)) <= 2
     prov = load_model(data / "m.npz").provenance["cli"]
     assert prov["label_offset"] == 1 and prov["sample_labels"] == 0.05
+    assert prov["recipe"]["network"] == TINY and prov["recipe"]["steps"] == 3  # the recipe is recorded
 
 
 def test_sample_labels_is_seeded_and_keeps_a_fraction():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image, Labels, Layer
 
-from .. import __version__
+from .. import __version__, recipe
 from .._layer_style import (
     DEFAULT_CLASS_NAMES,
     class_colormap,
@@ -27,10 +27,11 @@ from ..engine.chunked import CountSettings, ZarrPrediction
 from ..engine.features import FILTER_BANKS, check_filters
 from ..engine.objects import ObjectCounts, count_objects
 from ..engine.predict import predict, predict_proba, refine_with_superpixels
-from ..engine.spec import DEFAULT_PRESET
 from ..engine.uncertainty import Uncertain, least_certain, uncertainty
 
 __all__ = ["UserError", "TrainSettings", "ImageInfo", "TrainingSet", "Controller", "OUTPUT_KEY", "heads_text"]
+
+_RECIPE = recipe.defaults()
 
 #: metadata key marking layers written by this plugin (value: the role).
 OUTPUT_KEY = "napari_mpf"
@@ -68,13 +69,15 @@ def filters_name(filters: dict | None) -> str:
 class TrainSettings:
     """What the widget's controls say (see :class:`napari_mpf.engine.TrainConfig`)."""
 
-    spec: str = DEFAULT_PRESET
-    activation: str = "tanh"
-    optimizer: str = "adam"
-    steps: int = TrainConfig.steps
-    lr: float | None = None
-    augment: bool = True
-    seed: int = 0
+    spec: str = _RECIPE["network"]
+    activation: str = _RECIPE["activation"]
+    optimizer: str = _RECIPE["optimizer"]
+    steps: int = _RECIPE["steps"]
+    lr: float | None = _RECIPE["lr"]
+    augment: bool = _RECIPE["augment"]
+    balance: bool = _RECIPE["balance"]
+    step_size: int = _RECIPE["step_size"]
+    seed: int = _RECIPE["seed"]
     preview_every: int = 10
     continue_training: bool = True
     class_names: list[str] | None = None
@@ -87,9 +90,16 @@ class TrainSettings:
     image_head_weight: float = 1.0
     #: a new network gets these input filters (a name from ``engine.features.FILTER_BANKS`` or the
     #: settings of a bank; "none" = the image only)
-    filters: str | dict = "none"
+    filters: str | dict = _RECIPE["filters"]
     #: a new network is followed by a second stage of this spec or preset (auto-context; "none" = one)
     context: str = "none"
+
+    def recipe(self) -> dict:
+        """The recipe values these settings hold (stored in the model's provenance)."""
+        return {"network": self.spec, "activation": self.activation, "optimizer": self.optimizer,
+                "steps": self.steps, "lr": self.lr, "augment": self.augment, "balance": self.balance,
+                "step_size": self.step_size, "seed": self.seed,
+                "filters": self.filters if isinstance(self.filters, str) else "custom"}
 
 
 #: SLIC compactness of the superpixel branch and of the refinement (the engine's default)
@@ -148,6 +158,7 @@ class Controller:
         self.viewer = viewer
         self.model: Model | None = None
         self.trainer = None
+        self._recipe: dict | None = None  # the recipe of the last training run (for provenance)
         self.training_set: TrainingSet | None = None
         self.last_counts: ObjectCounts | None = None
 
@@ -387,12 +398,13 @@ class Controller:
 
     def make_trainer(self, tset: TrainingSet, settings: TrainSettings):
         """A :class:`napari_mpf.engine.Trainer` for ``tset`` (not started)."""
-        from ..engine import TrainConfig, Trainer
+        from ..engine import Trainer
 
         model, continued = self.build_model(tset, settings)
         config = TrainConfig(
             steps=int(settings.steps), optimizer=settings.optimizer, lr=settings.lr,
-            augment=bool(settings.augment), seed=int(settings.seed),
+            augment=bool(settings.augment), balance=bool(settings.balance), crop=int(settings.step_size),
+            seed=int(settings.seed),
             preview_every=int(settings.preview_every), preview_index=int(tset.preview_index),
             context=None if continued or settings.context == "none" else settings.context,
         )
@@ -405,6 +417,7 @@ class Controller:
         self.trainer = trainer
         self.training_set = tset
         self._continued = continued
+        self._recipe = settings.recipe()
         return trainer
 
     def adopt(self, model: Model, tset: TrainingSet | None = None) -> Model:
@@ -415,6 +428,7 @@ class Controller:
             prov.setdefault("napari_mpf_version", __version__)
             prov["trained_on"] = sorted({name for name, _ in tset.origins})
             prov["painted_pixels"] = tset.n_painted
+            prov["recipe"] = self._recipe
             prov["trained_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
             model.provenance = prov
         self.model = model

@@ -31,11 +31,10 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from .. import recipe
 from ..engine import PRESETS, Model, parse_spec
 from ..engine.chunked import CountSettings
-from ..engine.features import FILTER_BANKS, check_filters, n_outputs
-from ..engine.optim import OPTIMIZERS
-from ..engine.train import LIVE_STEPS
+from ..engine.features import check_filters, n_outputs
 from .controller import OUTPUT_KEY, TrainSettings, UserError, filters_name, heads_text
 from .layer_combo import LayerCombo
 from .loss_plot import LossPlot
@@ -44,15 +43,33 @@ __all__ = ["TrainerForm", "SMALL_SPEC", "is_output"]
 
 #: a tiny network for quick trials and tests (window 8x8)
 SMALL_SPEC = "C3x3x4, MPF2x2, C3x3x4, FC8"
-NETWORK_HELP = (
-    "fast: quick to train, the default (a 34×34 window). wide, wide2: more filters, about twice the "
-    "time per step, for when you train longer. Or a spec such as 'C5x5x8, MPF2x2, C3x3x8, FC32'."
-)
 
 
 def is_output(layer) -> bool:
     """True for layers this plugin wrote (probabilities, segmentation, objects, uncertainty)."""
     return OUTPUT_KEY in layer.metadata
+
+
+def recipe_control(name: str, text: str = "") -> QWidget:
+    """The control of the recipe's choice ``name``: its type, valid values, default and help."""
+    c = recipe.choice(name)
+    if c.kind is bool:
+        control = QCheckBox(text)
+        control.setChecked(bool(c.default))
+    elif c.choices:
+        control = QComboBox()
+        control.addItems([str(v) for v in c.choices])
+        control.setEditable(c.free_text)
+        control.setCurrentText(str(c.default))
+    elif c.kind is int:
+        control = QSpinBox()
+        control.setRange(int(c.minimum or 0), 2**31 - 1)
+        control.setValue(int(c.default))
+    else:  # a number or text that may be left automatic
+        control = QLineEdit("" if c.default is None else str(c.default))
+        control.setPlaceholderText("auto")
+    control.setToolTip(c.help[:1].upper() + c.help[1:])
+    return control
 
 
 def _section(title: str, body: QWidget) -> QCollapsible:
@@ -121,13 +138,10 @@ class TrainerForm:
         self.classes_edit = QLineEdit("background, foreground")
         self.classes_edit.setToolTip("Class names for label values 1, 2, ... (comma separated)")
         form.addRow("Classes", self.classes_edit)
-        self.spec_combo = QComboBox()
-        self.spec_combo.setEditable(True)
+        self.spec_combo = recipe_control("network")
         self.spec_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.spec_combo.setMinimumContentsLength(8)
-        self.spec_combo.addItems([*PRESETS, SMALL_SPEC])
-        self.spec_combo.setCurrentText(TrainSettings.spec)  # engine.spec.DEFAULT_PRESET
-        self.spec_combo.setToolTip(NETWORK_HELP)
+        self.spec_combo.addItem(SMALL_SPEC)
         form.addRow("Network", self.spec_combo)
         self.spec_info = QLabel()
         form.addRow("", self.spec_info)
@@ -168,13 +182,9 @@ class TrainerForm:
         self.pairs_check = QCheckBox("also other images")
         self.pairs_check.setToolTip("Train on every image layer that has a '<image> labels' layer, not only the one above")
         form.addRow("Data", self.pairs_check)
-        self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(1, 1_000_000)
-        self.steps_spin.setValue(TrainSettings.steps)
+        self.steps_spin = recipe_control("steps")
         form.addRow("Steps", self.steps_spin)
-        self.live_steps_spin = QSpinBox()
-        self.live_steps_spin.setRange(1, 10_000)
-        self.live_steps_spin.setValue(LIVE_STEPS)
+        self.live_steps_spin = recipe_control("live_steps")
         form.addRow("Live steps", self.live_steps_spin)
         self.continue_check = QCheckBox("continue from the current weights")
         self.continue_check.setChecked(True)
@@ -184,31 +194,22 @@ class TrainerForm:
         self.preview_spin.setValue(10)
         self.preview_spin.setToolTip("Update the probability map every that many steps (and about every second)")
         form.addRow("Preview every", self.preview_spin)
-        self.activation_combo = QComboBox()
-        self.activation_combo.addItems(["tanh", "relu"])
+        self.activation_combo = recipe_control("activation")
         form.addRow("Activation", self.activation_combo)
-        self.optimizer_combo = QComboBox()
-        self.optimizer_combo.addItems(OPTIMIZERS)
-        self.optimizer_combo.setToolTip(
-            "adam: the default. sgd with the Armijo rule and L-BFGS: Masci et al.'s optimisers")
+        self.optimizer_combo = recipe_control("optimizer")
         form.addRow("Optimiser", self.optimizer_combo)
-        self.lr_edit = QLineEdit()
-        self.lr_edit.setPlaceholderText("auto")
-        self.lr_edit.setToolTip("Learning rate; empty = the optimiser's default (0.3× that when continuing)")
+        self.lr_edit = recipe_control("lr")
         form.addRow("Learning rate", self.lr_edit)
-        self.seed_spin = QSpinBox()
-        self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin = recipe_control("seed")
         form.addRow("Seed", self.seed_spin)
-        self.augment_check = QCheckBox("rotations and flips")
-        self.augment_check.setChecked(True)
+        self.augment_check = recipe_control("augment", "rotations and flips")
         form.addRow("Augment", self.augment_check)
-        self.filters_combo = QComboBox()
-        self.filters_combo.addItems(["none", *FILTER_BANKS])
-        self.filters_combo.setToolTip(
-            "Fixed filters ahead of a new network: 'multiscale' gives its first layer the image smoothed, its "
-            "gradient magnitude (sigma 1-16) and its Hessian eigenvalues (sigma 1-8). Slower to learn from "
-            "few strokes (loop benchmark); lower error on EM after long training."
-        )
+        self.balance_check = recipe_control("balance", "class-balanced loss")
+        form.addRow("Loss", self.balance_check)
+        self.step_size_spin = recipe_control("step_size")
+        self.step_size_spin.setSuffix(" px")
+        form.addRow("Step size", self.step_size_spin)
+        self.filters_combo = recipe_control("filters")
         form.addRow("Input filters", self.filters_combo)
         self._custom_filters: dict | None = None
         self.context_combo = QComboBox()
@@ -348,6 +349,8 @@ class TrainerForm:
             steps=self.steps_spin.value(),
             lr=lr,
             augment=self.augment_check.isChecked(),
+            balance=self.balance_check.isChecked(),
+            step_size=self.step_size_spin.value(),
             seed=self.seed_spin.value(),
             preview_every=self.preview_spin.value(),
             continue_training=self.continue_check.isChecked(),

@@ -368,3 +368,4 @@ def test_progress_counts_the_steps_and_continuing_counts_on(viewer_widget, qtbot
     assert w.loss_plot.steps == list(range(1, 10))
     assert (w.progress.maximum(), w.progress.value()) == (9, 9)
     assert w.controller.model.provenance["steps"] == 9
+    assert w.controller.model.provenance["recipe"]["steps"] == 3  # what the last run was asked for
