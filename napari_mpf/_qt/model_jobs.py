@@ -1,6 +1,6 @@
 """Applying the trained model from the widget: predict slices, predict a stack into a zarr store,
-count objects, export and import model files. A mixin of the trainer widget; long work runs in
-napari thread workers and everything that touches layers runs in their signal handlers."""
+count objects, export and import model files. A mixin of the trainer widget; long work runs as
+its jobs (``_qt/jobs.py``) and everything that touches layers runs in their handlers."""
 
 from __future__ import annotations
 
@@ -9,20 +9,12 @@ import time
 from pathlib import Path
 
 from napari.layers import Image
-from napari.qt.threading import create_worker
 from qtpy.QtWidgets import QFileDialog
 
 from ..engine import Model, ModelFileError, load_model, save_model
 from .controller import UserError
 
-__all__ = ["ModelJobs", "stop_event"]
-
-
-def stop_event(worker) -> None:
-    """Also stop the dask run behind a 'Predict to zarr' worker (quit only stops between yields)."""
-    event = getattr(worker, "_stop_event", None)
-    if event is not None:
-        event.set()
+__all__ = ["ModelJobs"]
 
 
 class ModelJobs:
@@ -33,7 +25,7 @@ class ModelJobs:
         """Apply the current model to ``image_layer`` (default: the chosen image; all slices) in a worker."""
         if not isinstance(image_layer, Image):
             image_layer, slices = self.image_combo.layer(), None
-        if self._predict_worker is not None:
+        if self.jobs.running("predict"):
             self._say("A prediction is already running.", "warning", notify)
             return None
         model = self.controller.model
@@ -59,13 +51,10 @@ class ModelJobs:
             return None
         slices = list(slices) if slices is not None else self.controller.all_slices(image_layer)
         frozen = model.copy()
-        worker = create_worker(self.controller.predict_iter, frozen, image_layer, slices, self.refine_size(),
-                               self.tta_check.isChecked(), _start_thread=False)
-        worker._image_layer = image_layer
         state = {"done": 0, "n": len(slices), "started": time.perf_counter()}
 
         def on_slice(item) -> None:
-            if worker.abort_requested or image_layer not in self.viewer.layers:
+            if self.jobs.aborted("predict") or image_layer not in self.viewer.layers:
                 return
             z, proba, image_proba = item
             try:
@@ -74,7 +63,7 @@ class ModelJobs:
                 if z is None or z == self.controller.current_slice(image_layer):
                     self._show_hint(image_layer, z, proba, self._painted(image_layer, z))
             except UserError as exc:
-                worker.quit()
+                self.jobs.stop("predict")
                 self._error(str(exc))
                 return
             state["done"] += 1
@@ -83,7 +72,6 @@ class ModelJobs:
                 self.progress.setValue(state["done"])
 
         def on_finished() -> None:
-            self._predict_worker = None
             self._set_busy(self.is_training)
             self.timings["last_prediction"] = time.perf_counter() - state["started"]
             if state["done"] and image_layer in self.viewer.layers:
@@ -93,12 +81,11 @@ class ModelJobs:
                     self.count(image_layer, notify=False)
             self.prediction_finished.emit()
 
-        worker.yielded.connect(on_slice)
-        worker.finished.connect(on_finished)
-        worker.errored.connect(lambda exc: self._error(f"Prediction failed: {exc}", notify=False))
-        self._predict_worker = worker
+        worker = self.jobs.start(
+            "predict", self.controller.predict_iter, frozen, image_layer, slices, self.refine_size(),
+            self.tta_check.isChecked(), on_item=on_slice, on_done=on_finished, layer=image_layer,
+            on_error=lambda exc: self._error(f"Prediction failed: {exc}", notify=False))
         self._set_busy(self.is_training)
-        worker.start()
         return worker
 
     def zarr_dialog(self) -> None:
@@ -113,7 +100,7 @@ class ModelJobs:
         the same path resumes). Returns the worker (None if not started)."""
         if not isinstance(image_layer, Image):
             image_layer = self.image_combo.layer()
-        if self._predict_worker is not None:
+        if self.jobs.running("predict"):
             self._say("A prediction is already running.", "warning", notify)
             return None
         model = self.controller.model
@@ -126,10 +113,7 @@ class ModelJobs:
         except UserError as exc:
             self._error(str(exc), notify)
             return None
-        stop = threading.Event()
-        worker = create_worker(job.iter_run, "threads", None, stop, _start_thread=False)
-        worker._image_layer = image_layer
-        worker._stop_event = stop
+        stop = threading.Event()  # also stops the dask run between two chunks
         started = time.perf_counter()
 
         def on_progress(p) -> None:
@@ -138,7 +122,6 @@ class ModelJobs:
                 self.progress.setValue(p.chunks_done)
 
         def on_finished() -> None:
-            self._predict_worker = None
             self._set_busy(self.is_training)
             self.timings["last_zarr_prediction"] = time.perf_counter() - started
             try:
@@ -146,14 +129,12 @@ class ModelJobs:
             finally:
                 self.prediction_finished.emit()
 
-        worker.yielded.connect(on_progress)
-        worker.finished.connect(on_finished)
-        worker.errored.connect(lambda exc: self._error(f"Prediction failed: {exc}", notify=False))
-        self._predict_worker = worker
+        worker = self.jobs.start(
+            "predict", job.iter_run, "threads", None, stop, on_item=on_progress, on_done=on_finished,
+            layer=image_layer, stop=stop, on_error=lambda exc: self._error(f"Prediction failed: {exc}", notify=False))
         self._set_busy(self.is_training)
         note = " Superpixel refinement is not applied to zarr predictions (computed in chunks)." if self.refine_size() else ""
         self._say(f"Predicting '{image_layer.name}' into {path}" + (" (resuming)…" if job.resumed else "…") + note, notify=False)
-        worker.start()
         return worker
 
     def _zarr_done(self, job, image_layer, path) -> None:

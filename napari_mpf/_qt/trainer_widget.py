@@ -1,8 +1,8 @@
 """The docked trainer: pick image and strokes, train in the background, preview, count, export.
 
-Long work runs in napari thread workers (``create_worker``): training wraps the engine's
-``Trainer.run()`` generator, prediction wraps :meth:`Controller.predict_iter`, "Predict to zarr"
-wraps :meth:`ZarrPrediction.iter_run`. Everything that touches layers happens in the GUI thread, in
+Long work runs as :class:`~napari_mpf._qt.jobs.Jobs` (napari thread workers): training wraps the
+engine's ``Trainer.run()`` generator, prediction wraps :meth:`Controller.predict_iter`, "Predict to
+zarr" wraps :meth:`ZarrPrediction.iter_run`. Everything that touches layers happens in the GUI thread, in
 the workers' signal handlers. Large or dask-backed images get lazy (dask) output layers instead,
 computed by napari as slices are shown.
 """
@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 
 from napari.layers import Image, Labels
-from napari.qt.threading import WorkerBase, create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QWidget
@@ -22,7 +21,8 @@ from .._layer_style import class_names_from_features
 from ..engine.warmup import warm_up
 from .controller import Controller, TrainingSet, TrainSettings, UserError
 from .form import SMALL_SPEC, TrainerForm
-from .model_jobs import ModelJobs, stop_event
+from .jobs import Jobs
+from .model_jobs import ModelJobs
 
 __all__ = ["TrainerWidget", "SMALL_SPEC"]
 
@@ -42,20 +42,6 @@ class _Run:
     first_preview: float | None = None
     losses: list[float] = field(default_factory=list)
     step_offset: int = 0
-
-
-class _Workers:
-    """The running workers, outside the widget so that the widget's ``destroyed`` can stop them."""
-
-    def __init__(self) -> None:
-        self.train = None
-        self.predict = None
-
-    def quit_all(self, *_) -> None:
-        for worker in (self.train, self.predict):
-            if worker is not None:
-                worker.quit()
-                stop_event(worker)
 
 
 class TrainerWidget(TrainerForm, ModelJobs, QWidget):
@@ -79,8 +65,8 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.controller = Controller(napari_viewer)
-        self._workers = _Workers()
-        self.destroyed.connect(self._workers.quit_all)
+        self.jobs = Jobs()  # outside the widget, so that its ``destroyed`` can stop them
+        self.destroyed.connect(self.jobs.stop_all)
         self._run: _Run | None = None
         self._watched_labels: Labels | None = None
         self._live_pending = False
@@ -108,7 +94,6 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
     def _warm_up(self) -> None:
         """Compile the default network's kernels in a worker while the user paints; Train pressed
         meanwhile starts when they are ready."""
-        worker = create_worker(warm_up, TrainSettings.spec, _start_thread=False)
         self.progress.setRange(0, 0)  # a busy bar
         self._say("Preparing the engine (first use only: compiling; you can paint meanwhile)…", notify=False)
 
@@ -116,9 +101,8 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
             self.timings["warm_up"] = float(seconds)
             self._engine_ready_now(f"Engine ready ({seconds:.1f} s to prepare).")
 
-        worker.returned.connect(done)
-        worker.errored.connect(lambda exc: self._engine_ready_now(f"Could not prepare the engine ahead: {exc}"))
-        worker.start()
+        self.jobs.start("warm_up", warm_up, TrainSettings.spec, on_return=done,
+                        on_error=lambda exc: self._engine_ready_now(f"Could not prepare the engine ahead: {exc}"))
 
     def _engine_ready_now(self, text: str) -> None:
         self.engine_ready = True
@@ -137,19 +121,11 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
 
     @property
     def _train_worker(self):
-        return self._workers.train
-
-    @_train_worker.setter
-    def _train_worker(self, worker) -> None:
-        self._workers.train = worker
+        return self.jobs.get("train")
 
     @property
     def _predict_worker(self):
-        return self._workers.predict
-
-    @_predict_worker.setter
-    def _predict_worker(self, worker) -> None:
-        self._workers.predict = worker
+        return self.jobs.get("predict")
 
     def _connect(self) -> None:
         self.image_combo.layer_changed.connect(self._on_image_changed)
@@ -236,15 +212,13 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
         if layer is self._watched_labels:
             self._watch_labels(None)
         run = self._run
-        if run is not None and self._train_worker is not None:
+        if run is not None and self.jobs.running("train"):
             if layer is run.image_layer or any(layer is ly for ly in run.tset.layers):
                 run.stop_reason = f"layer '{layer.name}' was removed"
-                self._train_worker.quit()
+                self.jobs.stop("train")
                 if len(self.viewer.layers):
                     self._say(f"Training stopped because layer '{layer.name}' was removed; the last good weights are kept.")
-        worker = self._predict_worker
-        if worker is not None and getattr(worker, "_image_layer", None) is layer:
-            worker.quit()
+        self.jobs.stop_for_layer(layer)
 
     def _on_slice_changed(self, event=None) -> None:
         if self.live_check.isChecked() and self.controller.model is not None:
@@ -254,7 +228,7 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
 
     def _predict_current_slice(self) -> None:
         layer = self.image_combo.layer()
-        if self._train_worker is not None or self._predict_worker is not None or layer is None:
+        if self.jobs.running("train", "predict") or layer is None:
             return
         if self.controller.is_lazy(layer):
             return  # its lazy layers compute the shown slice themselves
@@ -279,7 +253,7 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
     # ----------------------------------------------------------------- training
     @property
     def is_training(self) -> bool:
-        return self._train_worker is not None
+        return self.jobs.running("train")
 
     def train(self, *_, steps: int | None = None, live: bool = False):
         """Start training in a worker; returns the worker (None if not started)."""
@@ -288,7 +262,7 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
             self._train_pending = True
             self._say("Training starts as soon as the engine is ready (first use only)…", notify=False)
             return None
-        if self._train_worker is not None:
+        if self.jobs.running("train"):
             self._say("Training is already running; press Stop first.", "warning", notify=not live)
             return None
         try:
@@ -314,36 +288,28 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
             self.loss_plot.clear()
         self.progress.setRange(offset, offset + int(trainer.config.steps))
         self.progress.setValue(offset)
-        worker = create_worker(trainer.run, _start_thread=False)
-        worker.yielded.connect(self._on_progress)
-        worker.errored.connect(self._on_train_error)
-        worker.finished.connect(self._on_train_finished)
-        self._train_worker = worker
-        self._set_busy(True)
         n = len(tset.images)
         what = f"{n} slice(s)/image(s), {tset.n_painted} painted pixels"
         verb = "continuing" if continuing else "new network"
         self._say(f"Training ({verb}) on {what}…", notify=False)
-        worker.start()
+        worker = self.jobs.start("train", trainer.run, on_item=self._on_progress, on_error=self._on_train_error,
+                                 on_done=self._on_train_finished, layer=image)
+        self._set_busy(True)
         return worker
 
     def stop(self) -> None:
         """Stop training between two steps (the last good weights are kept); also stops prediction."""
-        if self._train_worker is not None:
-            if self._run is not None and self._run.stop_reason is None:
-                self._run.stop_reason = "stopped"
-            self._train_worker.quit()
-        if self._predict_worker is not None:
-            self._predict_worker.quit()
-            stop_event(self._predict_worker)
+        if self._run is not None and self._run.stop_reason is None and self.jobs.running("train"):
+            self._run.stop_reason = "stopped"
+        self.jobs.stop("train", "predict")
 
     def _set_busy(self, busy: bool) -> None:
         self.train_btn.setEnabled(not busy)
-        self.stop_btn.setEnabled(busy or self._predict_worker is not None)
+        self.stop_btn.setEnabled(busy or self.jobs.running("predict"))
 
     def _on_progress(self, p) -> None:
-        run, worker = self._run, self._train_worker
-        if run is None or worker is None or worker.abort_requested:
+        run = self._run
+        if run is None or self.jobs.aborted("train"):
             return
         step = run.step_offset + int(p.step)
         self.progress.setMaximum(run.step_offset + int(p.n_steps))
@@ -357,7 +323,7 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
                 self.controller.show_probabilities(run.image_layer, z, p.probabilities, run.tset.class_names)
             except UserError as exc:
                 run.stop_reason = "error"
-                worker.quit()
+                self.jobs.stop("train")
                 self._error(str(exc))
                 return
             self._show_hint(run.image_layer, z, p.probabilities,
@@ -400,7 +366,6 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
 
     def _on_train_finished(self) -> None:
         run = self._run
-        self._train_worker = None
         self._run = None
         self._set_busy(False)
         if run is None:
@@ -439,7 +404,7 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
     def _live_retrain(self) -> None:
         if not self.live_check.isChecked():
             return
-        if self._train_worker is not None or self._predict_worker is not None:
+        if self.jobs.running("train", "predict"):
             self._live_pending = True
             return
         self.train(steps=self.live_steps_spin.value(), live=True)
@@ -447,13 +412,10 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
     # ----------------------------------------------------------------- teardown
     def close_workers(self, timeout_ms: int = 10_000) -> None:
         """Quit running workers and wait for them (used on close and by tests)."""
-        for worker in (self._train_worker, self._predict_worker):
-            if worker is not None:
-                worker.quit()
-                stop_event(worker)
         if self._run is not None and self._run.stop_reason is None:
             self._run.stop_reason = "closed"
-        WorkerBase.await_workers(timeout_ms)
+        self.jobs.stop()
+        self.jobs.wait(timeout_ms)
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         self.close_workers()
