@@ -41,6 +41,7 @@ from .._layer_style import class_names_from_features
 from ..engine import PRESETS, Model, ModelFileError, load_model, parse_spec, save_model
 from ..engine.chunked import CountSettings
 from ..engine.features import FILTER_BANKS, check_filters, n_outputs
+from ..engine.modelfile import MODEL_SUFFIX
 from ..engine.train import LIVE_STEPS
 from ..engine.warmup import warm_up
 from .controller import (
@@ -1015,14 +1016,15 @@ class TrainerWidget(QWidget):
             self.image_head_weight_spin.setValue(float(model.image_head["loss_weight"]))
 
     def export_model(self, path: str | Path) -> Path | None:
-        """Write the current model to ``path`` (``.npz`` added if missing)."""
+        """Write the current model to ``path`` (``.mpf.npz``, the suffix napari opens, added if it
+        does not end in ``.npz``)."""
         model = self.controller.model
         if model is None:
             self._error("No model to export yet: train one first.")
             return None
         path = Path(path)
         if path.suffix.lower() != ".npz":
-            path = path.with_name(path.name + ".npz")
+            path = path.with_name(path.name + MODEL_SUFFIX)
         try:
             out = save_model(model, path)
         except OSError as exc:
@@ -1041,21 +1043,25 @@ class TrainerWidget(QWidget):
         except (OSError, ValueError) as exc:
             self._error(f"Cannot load the model from {path}: {exc}")
             return None
+        self.use_model(model, Path(path).name)
+        return model
+
+    def use_model(self, model: Model, name: str) -> None:
+        """Make a loaded ``model`` (from the file ``name``) the current one and show its settings."""
         self.controller.model = model
         self._show_model(model)
         self._show_heads(model)
         self.classes_edit.setText(", ".join(model.class_names))
         h, w = model.window
-        self._say(f"Loaded model {Path(path).name}: {model.spec.text}, window {h}×{w}, {model.n_params:,} parameters.")
-        return model
+        self._say(f"Loaded model {name}: {model.spec.text}, window {h}×{w}, {model.n_params:,} parameters.")
 
     def export_dialog(self) -> None:
         if self.controller.model is None:
             self._error("No model to export yet: train one first.")
             return
         image = self.image_combo.layer()
-        default = f"{image.name if image is not None else 'model'}.mpf.npz"
-        path, _ = QFileDialog.getSaveFileName(self, "Export model", default, "napari-mpf model (*.npz)")
+        default = f"{image.name if image is not None else 'model'}{MODEL_SUFFIX}"
+        path, _ = QFileDialog.getSaveFileName(self, "Export model", default, f"napari-mpf model (*{MODEL_SUFFIX})")
         if path:
             self.export_model(path)
 
