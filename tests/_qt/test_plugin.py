@@ -10,7 +10,7 @@ from qt_helpers import add_pair
 from napari_mpf._qt.controller import Controller, TrainSettings
 from napari_mpf._qt.loss_plot import LossPlot
 from napari_mpf._qt.trainer_widget import SMALL_SPEC, TrainerWidget
-from napari_mpf._reader import get_reader
+from napari_mpf._reader import MODEL_SUFFIX, get_reader
 from napari_mpf._sample_data import blobs, membrane_sample
 from napari_mpf.engine import ModelFileError, save_model
 
@@ -22,6 +22,7 @@ def test_manifest_is_valid():
     pm.validate_imports()
     assert {c.key for c in pm.contributions.sample_data} == {"membrane_em", "surface_defects"}
     assert [w.display_name for w in pm.contributions.widgets] == ["MPF trainer"]
+    assert [r.filename_patterns for r in pm.contributions.readers] == [["*" + MODEL_SUFFIX]]
 
 
 def test_widget_docks_through_the_manifest_and_samples_open(make_napari_viewer):
