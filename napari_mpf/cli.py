@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and --steps (if given) caps the steps")
     t.add_argument("--class-names", metavar="A,B,...", help="names of classes 1..K, comma separated")
     t.add_argument("--crop-by-class", action="store_true", help="centre each step's crop on a painted pixel drawn class first, so rare classes are seen as often as common ones")
-    t.add_argument("--out", required=True, metavar="MODEL.npz", help="where to save the trained model")
+    t.add_argument("--out", required=True, metavar="MODEL.mpf.npz",
+                   help="where to save the trained model (a .npz; name it *.mpf.npz and napari opens it as a model)")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     heads = t.add_argument_group(
         "heads (added to the new model and trained with it; they need a last layer of 1x1, as in the presets and "
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(array image_probabilities) and in the --counts CSV (columns p_image_<class>)."
         ),
     )
-    p.add_argument("--model", required=True, metavar="MODEL.npz")
+    p.add_argument("--model", required=True, metavar="MODEL.mpf.npz", help="a model file (any .npz written by napari-mpf)")
     p.add_argument("--image", required=True, metavar="FILE|FOLDER|STORE.zarr", help="image file, zarr store or folder of images (a stack)")
     _add_image_options(p)
     p.add_argument("--out", required=True, metavar="PROBS", help="probabilities: .npy, .tif, .npz, or a .zarr store for big volumes")
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     i = sub.add_parser("info", help="print a model file's header", description="Print a model's spec, window, classes, normalisation and provenance.")
-    i.add_argument("model", metavar="MODEL.npz")
+    i.add_argument("model", metavar="MODEL.mpf.npz")
     i.set_defaults(func=cmd_info)
 
     d = sub.add_parser(
@@ -1000,6 +1001,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         save_model,
         segment,
     )
+    from .engine.modelfile import MODEL_SUFFIX
     from .engine.synthetic import two_texture_sample
 
     if args.preset.strip().lower() not in PRESETS:
@@ -1011,7 +1013,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if save_dir is not None and not save_dir.is_dir():
         raise CLIError(f"--save {save_dir}: not an existing directory")
     _demo_files = ("demo_image.tif", "demo_strokes.tif", "demo_truth.tif", "demo_probabilities.tif",
-                   "demo_segmentation.tif", "demo_model.npz")
+                   "demo_segmentation.tif", "demo_model" + MODEL_SUFFIX)
     for name in _demo_files if save_dir is not None else ():
         check_writable(save_dir / name)
     t_all = time.perf_counter()
@@ -1062,8 +1064,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             for name, array in zip(_demo_files, (sample.image, sample.strokes, sample.truth, prob, seg.astype(np.uint8)),
                                    strict=False):
                 files.write_array(save_dir / name, array, stage=stage)
-            save_model(model, save_dir / "demo_model.npz")
-        print(f"wrote demo_image.tif, demo_strokes.tif, demo_truth.tif, demo_model.npz, demo_probabilities.tif, demo_segmentation.tif to {save_dir}")
+            save_model(model, save_dir / _demo_files[-1])
+        print(f"wrote {', '.join(_demo_files)} to {save_dir}")
     print(f"total {time.perf_counter() - t_all:.1f} s")
     return 130 if interrupted else 0
 

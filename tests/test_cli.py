@@ -200,7 +200,7 @@ def test_demo_runs(capsys, tmp_path):
     code, out, err = run(capsys, "demo", "--size", "48", "--seconds", "1", "--steps", "3", "--save", tmp_path, "-q")
     assert code == 0, err
     assert "accuracy on the" in out and "region(s)" in out
-    assert (tmp_path / "demo_model.npz").exists() and (tmp_path / "demo_image.tif").exists()
+    assert (tmp_path / "demo_model.mpf.npz").exists() and (tmp_path / "demo_image.tif").exists()
 
 
 def test_version_and_help(capsys):

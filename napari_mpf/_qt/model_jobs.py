@@ -12,6 +12,7 @@ from napari.layers import Image
 from qtpy.QtWidgets import QFileDialog
 
 from ..engine import Model, ModelFileError, load_model, save_model
+from ..engine.modelfile import MODEL_SUFFIX
 from .controller import UserError
 
 __all__ = ["ModelJobs"]
@@ -198,14 +199,15 @@ class ModelJobs:
 
     # ----------------------------------------------------------------- model files
     def export_model(self, path: str | Path) -> Path | None:
-        """Write the current model to ``path`` (``.npz`` added if missing)."""
+        """Write the current model to ``path`` (``.mpf.npz``, the suffix napari opens, added if it
+        does not end in ``.npz``)."""
         model = self.controller.model
         if model is None:
             self._error("No model to export yet: train one first.")
             return None
         path = Path(path)
         if path.suffix.lower() != ".npz":
-            path = path.with_name(path.name + ".npz")
+            path = path.with_name(path.name + MODEL_SUFFIX)
         try:
             out = save_model(model, path)
         except OSError as exc:
@@ -222,21 +224,25 @@ class ModelJobs:
             reason = str(exc).removeprefix(f"{path}: ").removeprefix(f"{Path(path)}: ")
             self._error(f"{reason[:1].upper()}{reason[1:]} (cannot load the model {Path(path).name}).")
             return None
+        self.use_model(model, Path(path).name)
+        return model
+
+    def use_model(self, model: Model, name: str) -> None:
+        """Make a loaded ``model`` (from the file ``name``) the current one and show its settings."""
         self.controller.model = model
         self._show_model(model)
         self._show_heads(model)
         self.classes_edit.setText(", ".join(model.class_names))
         h, w = model.window
-        self._say(f"Loaded model {Path(path).name}: {model.spec.text}, window {h}×{w}, {model.n_params:,} parameters.")
-        return model
+        self._say(f"Loaded model {name}: {model.spec.text}, window {h}×{w}, {model.n_params:,} parameters.")
 
     def export_dialog(self) -> None:
         if self.controller.model is None:
             self._error("No model to export yet: train one first.")
             return
         image = self.image_combo.layer()
-        default = f"{image.name if image is not None else 'model'}.mpf.npz"
-        path, _ = QFileDialog.getSaveFileName(self, "Export model", default, "napari-mpf model (*.npz)")
+        default = f"{image.name if image is not None else 'model'}{MODEL_SUFFIX}"
+        path, _ = QFileDialog.getSaveFileName(self, "Export model", default, f"napari-mpf model (*{MODEL_SUFFIX})")
         if path:
             self.export_model(path)
 

@@ -14,10 +14,12 @@ from .features import check_filters, n_outputs
 from .model import Model
 from .spec import LayerSpec, SpecError, check_network_size, resolve_spec
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "save_model", "load_model", "model_header"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MODEL_SUFFIX", "ModelFileError", "save_model", "load_model", "model_header"]
 
 FORMAT = "napari-mpf-model"
 FORMAT_VERSION = 4  # 2 adds the optional heads, 3 the input filters, 4 auto-context; a file says the lowest version it needs
+#: the file name suffix of model files: napari's reader claims ``*.mpf.npz`` (any ``.npz`` loads)
+MODEL_SUFFIX = ".mpf.npz"
 #: prefix of the first stage's arrays (and, nested, of its own first stage's)
 CONTEXT_PREFIX = "context."
 

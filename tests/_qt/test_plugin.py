@@ -4,14 +4,15 @@ plain-Python controller (no clicks) and the loss plot."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from qt_helpers import add_pair
 
 from napari_mpf._qt.controller import Controller, TrainSettings
 from napari_mpf._qt.loss_plot import LossPlot
 from napari_mpf._qt.trainer_widget import SMALL_SPEC, TrainerWidget
-from napari_mpf._reader import get_reader
+from napari_mpf._reader import MODEL_SUFFIX, get_reader
 from napari_mpf._sample_data import blobs, membrane_sample
-from napari_mpf.engine import save_model
+from napari_mpf.engine import ModelFileError, save_model
 
 
 def test_manifest_is_valid():
@@ -21,6 +22,9 @@ def test_manifest_is_valid():
     pm.validate_imports()
     assert {c.key for c in pm.contributions.sample_data} == {"membrane_em", "surface_defects"}
     assert [w.display_name for w in pm.contributions.widgets] == ["MPF trainer"]
+    assert [r.filename_patterns for r in pm.contributions.readers] == [["*" + MODEL_SUFFIX]]
+    # napari's "Choose reader" dialog lists readers by plugin name: ours comes before "napari builtins"
+    assert sorted([pm.display_name, "napari builtins"])[0] == pm.display_name  # as qt_reader_dialog sorts
 
 
 def test_widget_docks_through_the_manifest_and_samples_open(make_napari_viewer):
@@ -47,24 +51,60 @@ def test_samples_are_deterministic_and_small():
 
 
 def test_reader_opens_model_files_only(make_napari_viewer, tmp_path):
+    from napari.plugins import _npe2
+
     viewer = make_napari_viewer()
     image, strokes, _ = blobs((24, 24), n=2, radius=3)
     img, lab = add_pair(viewer, image, strokes)
     c = Controller(viewer)
     tset = c.gather(img, lab)
     model, _ = c.build_model(tset, TrainSettings(spec=SMALL_SPEC))
-    path = save_model(model, tmp_path / "m.npz")
+    path = save_model(model, tmp_path / "m.mpf.npz")
+    old = save_model(model, tmp_path / "old.npz")  # a model saved before the .mpf.npz suffix
     other = tmp_path / "data.npz"
     np.savez(other, image=image)
+    # napari's plugin machinery offers our reader for the model suffix only
+    assert "napari-mpf" in _npe2.get_readers(str(path))
+    assert "napari-mpf" in _npe2.get_readers(str(tmp_path / "M.MPF.NPZ"))
+    assert "napari-mpf" not in _npe2.get_readers(str(other))
+    assert "napari-mpf" not in _npe2.get_readers(str(old))
     assert get_reader(str(other)) is None
     assert get_reader(str(tmp_path / "m.tif")) is None
-    reader = get_reader(str(path))
-    assert reader is not None
+    assert get_reader(str(path)) is not None and get_reader(str(old)) is None
     viewer.open(str(path), plugin="napari-mpf")
     widget = viewer.window.dock_widgets["MPF trainer (napari-mpf)"]
     assert widget.controller.model is not None
     assert widget.controller.model.spec.text == model.spec.text
     assert len(viewer.layers) == 2  # a model file adds no layer
+    widget.controller.model = None
+    assert widget.import_model(old) is not None  # a model saved as plain .npz loads through Import
+
+
+def test_reader_refuses_a_broken_model_file_with_the_reason(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    data = tmp_path / "data.mpf.npz"  # the model suffix, but an image inside
+    np.savez(data, image=np.zeros((4, 4)))
+    corrupt = tmp_path / "corrupt.mpf.npz"
+    corrupt.write_bytes(b"not a zip archive")
+    for path, reason in [(data, "not a napari-mpf model file (no 'header' entry)"),
+                         (corrupt, "not a napari-mpf model file (not an .npz archive)")]:
+        assert get_reader(str(path)) is not None  # claimed, so the refusal says why
+        with pytest.raises(ModelFileError) as info:
+            viewer.open(str(path), plugin="napari-mpf")
+        assert str(info.value) == f"{reason}: {path}"
+    assert not viewer.layers and "MPF trainer (napari-mpf)" not in viewer.window.dock_widgets
+
+
+def test_widget_exports_with_the_model_suffix(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mpf", "MPF trainer")
+    image, strokes, _ = blobs((24, 24), n=2, radius=3)
+    img, lab = add_pair(viewer, image, strokes)
+    model, _ = widget.controller.build_model(widget.controller.gather(img, lab), TrainSettings(spec=SMALL_SPEC))
+    widget.controller.model = model
+    assert widget.export_model(tmp_path / "a") == tmp_path / "a.mpf.npz"
+    assert widget.export_model(tmp_path / "b.npz") == tmp_path / "b.npz"  # an explicit .npz is kept
+    assert widget.import_model(tmp_path / "b.npz") is not None
 
 
 def test_controller_trains_and_writes_layers_without_clicks(make_napari_viewer):

@@ -109,7 +109,7 @@ def test_export_then_import_gives_identical_predictions(viewer_widget, qtbot, tm
     path = tmp_path / "blobs_model"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(path), ""))
     w.save_btn.click()
-    saved = tmp_path / "blobs_model.npz"
+    saved = tmp_path / "blobs_model.mpf.npz"  # the model suffix is added
     assert saved.exists()
     original = w.controller.model
     w.controller.model = None
