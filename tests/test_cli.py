@@ -168,7 +168,7 @@ def test_ctrl_c_stops_after_the_step_and_saves(data, capsys, monkeypatch):
             yield next(gen)
 
     handler = signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(engine, "Trainer", Interrupted)
+    monkeypatch.setattr(cli, "Trainer", Interrupted)  # the name the command line imported
     code, out, err = run(capsys, *train_args(data, out="int.npz"))
     assert code == 130
     assert "trained 2 step(s)" in out and "stopped early" in out and "stopping after this step" in err
@@ -189,7 +189,7 @@ def test_second_ctrl_c_aborts_without_saving(data, capsys, monkeypatch):
             signal.raise_signal(signal.SIGINT)
             yield next(gen)
 
-    monkeypatch.setattr(engine, "Trainer", Aborted)
+    monkeypatch.setattr(cli, "Trainer", Aborted)
     code, out, err = run(capsys, *train_args(data, out="abort.npz"))
     assert code == 130 and "aborted" in err
     assert not (data / "abort.npz").exists()

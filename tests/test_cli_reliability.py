@@ -55,6 +55,7 @@ def _fail_writes_in(monkeypatch, folder: Path, code: int = errno.EROFS):
         return real(path)
 
     monkeypatch.setattr(atomic_mod, "make_temp", make_temp)
+    monkeypatch.setattr(cli_checks, "make_temp", make_temp)  # the name check_writable imported
 
 
 def _rewrite(path: Path, target: Path, **arrays) -> Path:
@@ -142,7 +143,8 @@ def test_4_train_disk_full_at_the_end_keeps_the_model(data, capsys, tmp_path, mo
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(model, path)
 
-    monkeypatch.setattr(engine, "save_model", save_model)
+    monkeypatch.setattr(cli, "save_model", save_model)  # the names the command line imported
+    monkeypatch.setattr(cli_checks, "save_model", save_model)
     err = user_error(capsys, *train_args(data, out=target / "m.npz"))
     assert "disk is full" in err and f"saved to {rescue / 'm.npz'}" in err
     assert load_model(rescue / "m.npz").provenance["cli"]["steps_done"] == 2

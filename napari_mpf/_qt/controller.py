@@ -22,9 +22,17 @@ from .._layer_style import (
     class_features,
     class_names_from_features,
 )
-from ..engine import InputError, Model, SpecError, TrainConfig, parse_spec, segment
-from ..engine.chunked import CountSettings, ZarrPrediction
+from ..engine import InputError, Model, SpecError, TrainConfig, Trainer, parse_spec, segment
+from ..engine.chunked import (
+    CountSettings,
+    ZarrPrediction,
+    open_prediction,
+    predict_dask,
+    segment_dask,
+)
 from ..engine.features import FILTER_BANKS, check_filters
+from ..engine.files import ArrayVolume
+from ..engine.heads import add_image_head, add_superpixel_branch
 from ..engine.objects import ObjectCounts, count_objects
 from ..engine.predict import predict, predict_proba, refine_with_superpixels
 from ..engine.spec import DEFAULT_PRESET
@@ -350,8 +358,6 @@ class Controller:
 
     def add_heads(self, model: Model, settings: TrainSettings) -> Model:
         """Give a new ``model`` the heads the settings ask for (in place)."""
-        from ..engine.heads import add_image_head, add_superpixel_branch
-
         try:
             if settings.superpixel_branch:
                 add_superpixel_branch(model, float(settings.superpixel_size), SUPERPIXEL_COMPACTNESS, settings.superpixel_pool)
@@ -386,8 +392,6 @@ class Controller:
 
     def make_trainer(self, tset: TrainingSet, settings: TrainSettings):
         """A :class:`napari_mpf.engine.Trainer` for ``tset`` (not started)."""
-        from ..engine import TrainConfig, Trainer
-
         model, continued = self.build_model(tset, settings)
         config = TrainConfig(
             steps=int(settings.steps), optimizer=settings.optimizer, lr=settings.lr,
@@ -637,8 +641,6 @@ class Controller:
         """Probability and segmentation layers as dask arrays, computed as napari shows slices."""
         import dask.array as da
 
-        from ..engine.chunked import predict_dask, segment_dask
-
         info = self.check_model_fits_image(model, image_layer)
         self._refuse_superpixel_branch(model, image_layer, "is large or not in memory, so it is predicted in tiles")
         data = image_layer.data
@@ -658,8 +660,6 @@ class Controller:
                  overwrite: bool = False) -> ZarrPrediction:
         """A :class:`~napari_mpf.engine.chunked.ZarrPrediction` of every slice of ``image_layer`` into
         the store ``path`` (``*.zarr``); a stopped run on the same path resumes. Run it in a worker."""
-        from ..engine.files import ArrayVolume
-
         self.check_model_fits_image(model, image_layer)
         self._refuse_superpixel_branch(model, image_layer, "would be predicted into zarr chunk by chunk")
         p = Path(path)
@@ -682,8 +682,6 @@ class Controller:
     def zarr_outputs(self, image_layer, path) -> tuple[list[Image], Labels]:
         """Point the output layers of ``image_layer`` at a finished prediction store (read lazily)."""
         import dask.array as da
-
-        from ..engine.chunked import open_prediction
 
         info = self.image_info(image_layer)
         meta = open_prediction(path)

@@ -47,11 +47,11 @@ from pathlib import Path
 import numpy as np
 
 from .features import radius
-from .files import ArrayVolume, Volume
+from .files import ArrayVolume, Volume, atomic_open
 from .inputs import InputError
 from .model import Model
-from .network import mirror_indices, padded_size
 from .objects import count_objects
+from .padding import mirror_indices, padded_size
 from .predict import DEFAULT_TILE, logits_from_padded, normalise, segment, softmax
 
 __all__ = [
@@ -774,8 +774,6 @@ def write_counts_csv(path: str | Path, class_names: list[str], rows, with_counts
     defect_present) or None, class fractions)``; a count of -1 (not counted) is left empty.
     ``extra``: more columns, one value per row (e.g. an image-level head's probabilities);
     ``stage``: an :class:`~napari_mpf.engine.atomic.Staged` that replaces the file when it commits."""
-    from .files import atomic_open
-
     extra = extra or {}
     header = ["slice", "name"] + (["count", "object_pixels", "defect_present"] if with_counts else [])
     header += [f"fraction_{n}" for n in class_names] + list(extra)

@@ -10,7 +10,8 @@ from .heads import has_heads, image_loss, model_backward, model_forward
 from .inputs import as_labels
 from .kernels import softmax_cross_entropy
 from .model import Model
-from .network import Workspace, backward, forward, mirror_indices, padded_size
+from .network import Workspace, backward, forward
+from .padding import mirror_indices, padded_size
 from .predict import normalise
 from .smoothness import contrast_weights, smoothness_loss
 from .superpixels import relabel, slic_superpixels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,9 +11,12 @@ from .dihedral import dihedral, undo_dihedral
 from .features import apply_filters
 from .heads import PooledFeatures, has_heads
 from .inputs import InputError, as_image
-from .model import Model
-from .network import forward, forward_features, pad_image, padded_size
+from .network import forward, forward_features
+from .padding import pad_image, padded_size
 from .superpixels import refine_probabilities, slic_superpixels, sp_broadcast
+
+if TYPE_CHECKING:  # annotations only: a Model is above the arithmetic that evaluates it
+    from .model import Model
 
 __all__ = [
     "DEFAULT_TILE",

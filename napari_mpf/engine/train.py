@@ -20,7 +20,7 @@ from .augment import elastic_deform, intensity_jitter, shading
 from .calibration import prior_shift, shift_model, shifted, unshift_model
 from .dihedral import dihedral
 from .features import n_outputs
-from .heads import has_heads
+from .heads import add_image_head, add_superpixel_branch, has_heads
 from .inputs import InputError, check_training_pairs
 from .loss import Batch, batch_loss, crop_box, make_batch
 from .model import Model
@@ -235,8 +235,6 @@ class Trainer:
 
     def _next_stage(self, first: Model) -> Model:
         """A new model of ``config.context`` whose input is the image and ``first``'s probabilities."""
-        from .heads import add_image_head, add_superpixel_branch
-
         seed = int(first.provenance.get("seed", self.config.seed)) + 1
         model = Model.create(self.config.context, first.in_channels, first.n_classes, first.activation, seed,
                              first.class_names, first.dtype, first.filters, context=first)

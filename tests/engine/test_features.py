@@ -23,7 +23,7 @@ from napari_mpf.engine import (
 from napari_mpf.engine.chunked import predict_dask
 from napari_mpf.engine.dihedral import dihedral
 from napari_mpf.engine.features import FILTER_BANKS, apply_filters, check_filters, n_outputs, radius
-from napari_mpf.engine.network import mirror_indices
+from napari_mpf.engine.padding import mirror_indices
 from napari_mpf.engine.predict import normalise
 
 SMALL = {"smooth": [1.0, 2.5], "gradient": [1.0], "hessian": [1.5]}

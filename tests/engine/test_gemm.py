@@ -75,7 +75,8 @@ def test_fused_head_equals_the_layer_by_layer_pass(maps, painted, path, monkeypa
     """Without heads the last two 1x1 layers run as one kernel (forward, and backward by recomputing
     the hidden map, skipping blocks without gradient; Numba or, for wide inputs, BLAS products per
     block); with features requested they run apart. Same logits and gradients."""
-    from napari_mpf.engine.network import backward, forward, forward_features, pad_image
+    from napari_mpf.engine.network import backward, forward, forward_features
+    from napari_mpf.engine.padding import pad_image
 
     monkeypatch.setattr(gemm, "GEMM_HEAD_MIN_IN", 0 if path == "blas" else 10**9)
     monkeypatch.setattr(gemm, "HEAD_BLOCK", 500)  # several pixel blocks per fragment
