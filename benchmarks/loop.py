@@ -46,9 +46,9 @@ import numpy as np  # noqa: E402
 import simulated_user as su  # noqa: E402
 
 from napari_mpf.engine import Model, TrainConfig, Trainer, predict_proba  # noqa: E402
-from napari_mpf.engine.objects import count_objects  # noqa: E402
-from napari_mpf.engine.spec import DEFAULT_PRESET  # noqa: E402
-from napari_mpf.engine.train import LIVE_STEPS  # noqa: E402
+from napari_mpf.engine.network.spec import DEFAULT_PRESET  # noqa: E402
+from napari_mpf.engine.post.objects import count_objects  # noqa: E402
+from napari_mpf.engine.training.train import LIVE_STEPS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: our method's settings, the engine's defaults; every key can be overridden per row (``name:key=value,...``)

@@ -42,27 +42,27 @@ try:  # Ctrl-C while the command starts (NumPy's import): no traceback, as after
         ModelFileError,
         TrainConfig,
         Trainer,
-        files,
         load_model,
         parse_spec,
         predict_proba,
         save_model,
         segment,
     )
-    from .engine.atomic import Staged, write_error_text
-    from .engine.chunked import (
+    from .engine.io import files
+    from .engine.io.atomic import Staged, write_error_text
+    from .engine.network.heads import add_image_head, add_superpixel_branch
+    from .engine.network.inputs import FLOAT32_MAX
+    from .engine.network.predict import predict, refine_with_superpixels
+    from .engine.network.spec import DEFAULT_PRESET
+    from .engine.post.objects import count_objects
+    from .engine.scale.chunked import (
         CountSettings,
         ZarrPrediction,
         encode_probabilities,
         write_counts_csv,
     )
-    from .engine.dataset import PairDataset, model_for_dataset
-    from .engine.heads import add_image_head, add_superpixel_branch
-    from .engine.inputs import FLOAT32_MAX
-    from .engine.objects import count_objects
-    from .engine.predict import predict, refine_with_superpixels
-    from .engine.spec import DEFAULT_PRESET
-    from .engine.synthetic import two_texture_sample
+    from .engine.training.dataset import PairDataset, model_for_dataset
+    from .engine.training.synthetic import two_texture_sample
 except KeyboardInterrupt:  # pragma: no cover - exercised in a subprocess by the tests
     sys.stderr.write("napari-mpf: aborted\n")
     raise SystemExit(130) from None

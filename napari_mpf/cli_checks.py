@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .engine import save_model
-from .engine.atomic import make_temp, write_error_text
-from .engine.spec import network_bytes
+from .engine.io.atomic import make_temp, write_error_text
+from .engine.network.spec import network_bytes
 
 PROG = "napari-mpf"
 #: errno values of a failed write or read that are the user's environment, not a bug

@@ -15,7 +15,7 @@ from cli_helpers import run, user_error
 
 from napari_mpf import cli
 from napari_mpf.engine import load_model, predict_proba, save_model
-from napari_mpf.engine.synthetic import two_texture_sample
+from napari_mpf.engine.training.synthetic import two_texture_sample
 
 TINY = "C3x3x4, MPF2x2, C3x3x4, FC8"  # the output layer FC2 is appended
 REPO = Path(__file__).resolve().parents[1]
@@ -349,8 +349,8 @@ def test_train_each_head_alone_and_image_labels_file(data, model_file, capsys):
 
 
 def test_predict_refine_superpixels(data, model_file, capsys):
-    from napari_mpf.engine.predict import normalise
-    from napari_mpf.engine.superpixels import slic_superpixels
+    from napari_mpf.engine.network.predict import normalise
+    from napari_mpf.engine.network.superpixels import slic_superpixels
 
     code, out, err = run(capsys, "predict", "--model", model_file, "--image", data / "img.tif", "--out", data / "raw.npy")
     assert code == 0, err
@@ -502,7 +502,7 @@ def test_train_in_two_stages(data, capsys):
 
 
 def test_step_size_sets_the_training_box(data, tmp_path, monkeypatch):
-    T = importlib.import_module("napari_mpf.engine.train")  # the module (the package exports train())
+    T = importlib.import_module("napari_mpf.engine.training.train")  # the module (the package exports train())
     seen = []
     original = T.Trainer.__init__
 

@@ -19,8 +19,8 @@ from cli_helpers import run, user_error
 
 from napari_mpf import cli, cli_checks
 from napari_mpf.engine import InputError, Model, load_model, predict_proba, save_model
-from napari_mpf.engine import atomic as atomic_mod
-from napari_mpf.engine.synthetic import two_texture_sample
+from napari_mpf.engine.io import atomic as atomic_mod
+from napari_mpf.engine.training.synthetic import two_texture_sample
 
 TINY = "C3x3x4, MPF2x2, C3x3x4, FC8"
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +157,7 @@ def test_5_predict_zarr_read_only_or_full(data, capsys, tmp_path, monkeypatch):
         err = user_error(capsys, "predict", "--model", data / "model.npz", "--image", data / "img.tif",
                          "--out", tmp_path / "p.zarr", "--scheduler", "sync", "-q")
         assert "read-only" in err and not (tmp_path / "p.zarr").exists()
-    from napari_mpf.engine import chunked
+    from napari_mpf.engine.scale import chunked
 
     class Full:
         def __setitem__(self, key, value):
@@ -248,7 +248,7 @@ def test_11_killed_saves_leave_no_temp_files_behind(tmp_path):
     target = tmp_path / "m.npz"
     script = textwrap.dedent(f"""
         import os, signal
-        from napari_mpf.engine.atomic import make_temp
+        from napari_mpf.engine.io.atomic import make_temp
         fd, name = make_temp({str(target)!r})
         os.write(fd, b"half a model")
         os.kill(os.getpid(), signal.SIGKILL)

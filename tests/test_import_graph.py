@@ -6,7 +6,7 @@ function would hide a dependency from this graph (the five-module circle model -
 -> network -> model once hid that way), so none is allowed for napari_mpf modules; lazy imports of
 optional third-party modules (zarr, dask, tifffile, ...) inside the function that alone uses them
 are fine. Imports under ``if TYPE_CHECKING:`` never run: they name a class for annotations only and
-are not edges of the graph (the arithmetic of :mod:`napari_mpf.engine.network` annotates with the
+are not edges of the graph (the arithmetic of :mod:`napari_mpf.engine.network.mpf` annotates with the
 ``Model`` that sits above it).
 """
 
@@ -149,6 +149,27 @@ def test_no_napari_mpf_module_is_imported_inside_a_function():
 def test_the_import_graph_is_acyclic():
     cycle = find_cycle(_graph(IMPORTS))
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def _layer(module: str) -> str | None:
+    """The engine's sub-package (or top-level module) of ``module``; None outside the engine and
+    for the engine's own ``__init__`` (the public names, above every layer)."""
+    parts = module.split(".")
+    return ".".join(parts[:3]) if parts[:2] == ["napari_mpf", "engine"] and len(parts) > 2 else None
+
+
+def test_the_engines_sub_packages_are_layers():
+    """The sub-packages of the engine (kernels, network, io, training, scale, post) import each
+    other in one direction only."""
+    layers: dict[str, set[str]] = {}
+    for module, targets in _graph(IMPORTS).items():
+        a = _layer(module)
+        if a is None:
+            continue
+        layers.setdefault(a, set()).update(b for b in map(_layer, targets) if b is not None and b != a)
+    assert {"napari_mpf.engine.kernels", "napari_mpf.engine.network"} <= set(layers)
+    cycle = find_cycle(layers)
+    assert cycle is None, "sub-packages import each other: " + " -> ".join(cycle)
 
 
 @pytest.mark.parametrize("name", sorted(m for m in MODULES if m.startswith("napari_mpf.engine")))

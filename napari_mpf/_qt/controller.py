@@ -23,20 +23,20 @@ from .._layer_style import (
     class_names_from_features,
 )
 from ..engine import InputError, Model, SpecError, TrainConfig, Trainer, parse_spec, segment
-from ..engine.chunked import (
+from ..engine.io.files import ArrayVolume
+from ..engine.network.features import FILTER_BANKS, check_filters
+from ..engine.network.heads import add_image_head, add_superpixel_branch
+from ..engine.network.predict import predict, predict_proba, refine_with_superpixels
+from ..engine.network.spec import DEFAULT_PRESET
+from ..engine.post.objects import ObjectCounts, count_objects
+from ..engine.post.uncertainty import Uncertain, least_certain, uncertainty
+from ..engine.scale.chunked import (
     CountSettings,
     ZarrPrediction,
     open_prediction,
     predict_dask,
     segment_dask,
 )
-from ..engine.features import FILTER_BANKS, check_filters
-from ..engine.files import ArrayVolume
-from ..engine.heads import add_image_head, add_superpixel_branch
-from ..engine.objects import ObjectCounts, count_objects
-from ..engine.predict import predict, predict_proba, refine_with_superpixels
-from ..engine.spec import DEFAULT_PRESET
-from ..engine.uncertainty import Uncertain, least_certain, uncertainty
 
 __all__ = ["UserError", "TrainSettings", "ImageInfo", "TrainingSet", "Controller", "OUTPUT_KEY", "heads_text"]
 
@@ -93,7 +93,7 @@ class TrainSettings:
     #: a new network gets an image-level "class present" head, trained with this loss weight
     image_head: bool = False
     image_head_weight: float = 1.0
-    #: a new network gets these input filters (a name from ``engine.features.FILTER_BANKS`` or the
+    #: a new network gets these input filters (a name from ``engine.network.features.FILTER_BANKS`` or the
     #: settings of a bank; "none" = the image only)
     filters: str | dict = "none"
     #: a new network is followed by a second stage of this spec or preset (auto-context; "none" = one)
@@ -518,7 +518,7 @@ class Controller:
         return out
 
     def show_uncertainty(self, image_layer, z: int | None, proba: np.ndarray, painted=None) -> Uncertain | None:
-        """Write the margin uncertainty of slice ``z`` (:func:`~napari_mpf.engine.uncertainty.uncertainty`)
+        """Write the margin uncertainty of slice ``z`` (:func:`~napari_mpf.engine.post.uncertainty.uncertainty`)
         into ``'<image> uncertainty'`` (hidden when first made: the user shows it to see where to
         paint) and return the least certain region of the slice, leaving out ``painted`` pixels."""
         info = self.image_info(image_layer)
@@ -658,7 +658,7 @@ class Controller:
 
     def zarr_job(self, model: Model, image_layer, path, prob_dtype: str = "uint8", counts: CountSettings | None = None,
                  overwrite: bool = False) -> ZarrPrediction:
-        """A :class:`~napari_mpf.engine.chunked.ZarrPrediction` of every slice of ``image_layer`` into
+        """A :class:`~napari_mpf.engine.scale.chunked.ZarrPrediction` of every slice of ``image_layer`` into
         the store ``path`` (``*.zarr``); a stopped run on the same path resumes. Run it in a worker."""
         self.check_model_fits_image(model, image_layer)
         self._refuse_superpixel_branch(model, image_layer, "would be predicted into zarr chunk by chunk")

@@ -39,10 +39,10 @@ from qtpy.QtWidgets import (
 
 from .._layer_style import class_names_from_features
 from ..engine import PRESETS, Model, ModelFileError, load_model, parse_spec, save_model
-from ..engine.chunked import CountSettings
-from ..engine.features import FILTER_BANKS, check_filters, n_outputs
-from ..engine.train import LIVE_STEPS
-from ..engine.warmup import warm_up
+from ..engine.network.features import FILTER_BANKS, check_filters, n_outputs
+from ..engine.scale.chunked import CountSettings
+from ..engine.training.train import LIVE_STEPS
+from ..engine.training.warmup import warm_up
 from .controller import (
     OUTPUT_KEY,
     Controller,
@@ -213,7 +213,7 @@ class TrainerWidget(QWidget):
         self.spec_combo = QComboBox()
         self.spec_combo.setEditable(True)
         self.spec_combo.addItems([*PRESETS, SMALL_SPEC])
-        self.spec_combo.setCurrentText(TrainSettings.spec)  # engine.spec.DEFAULT_PRESET
+        self.spec_combo.setCurrentText(TrainSettings.spec)  # engine.network.spec.DEFAULT_PRESET
         self.spec_combo.setToolTip(
             "A preset or a spec such as 'C5x5x8, MPF2x2, C3x3x8, FC32' (the last FC<classes> is added)"
         )

@@ -6,7 +6,7 @@ and ``wh - 1 - wh // 2`` after (columns likewise). A chunk of outputs ``[y0, y1)
 therefore needs rows ``[y0 - wh // 2, y1 + wh - 1 - wh // 2)`` of the *mirror-extended whole image*:
 real neighbouring pixels inside the image, mirrored pixels only beyond its true border. Evaluated
 from that region, every output pixel goes through the same arithmetic as in
-:func:`~napari_mpf.engine.predict.predict_proba`, so the results agree to float rounding (in
+:func:`~napari_mpf.engine.network.predict.predict_proba`, so the results agree to float rounding (in
 practice bit for bit) whatever the chunking, including chunks smaller than the window.
 
 Three ways to use it:
@@ -16,12 +16,12 @@ Three ways to use it:
   ``boundary="none"``; the mirror padding at the true border is done inside the block, because
   dask's ``"reflect"`` boundary repeats the edge pixel, NumPy's ``"symmetric"``).
 - :func:`predict_region`: the building block, one region of one image, from a reader function.
-- :class:`ZarrPrediction`: a whole volume (:class:`~napari_mpf.engine.files.Volume`: a TIFF stack,
+- :class:`ZarrPrediction`: a whole volume (:class:`~napari_mpf.engine.io.files.Volume`: a TIFF stack,
   zarr store, folder of images or an in-memory array) written to a zarr store chunk by chunk, as a
   dask graph of independent tasks (one per output chunk, each reading its own region with the halo
   from the source) that runs on dask's local scheduler or on a ``dask.distributed`` cluster, with
   progress, stop and resume (finished chunks are skipped when the run is restarted), plus per-slice
-  object counts (:mod:`napari_mpf.engine.objects`).
+  object counts (:mod:`napari_mpf.engine.post.objects`).
 
 Output store layout (zarr v3 group): ``probabilities`` ``(Z, K, H, W)`` (uint8 = round(255 p),
 float16 or float32), ``segmentation`` ``(Z, H, W)`` uint8 labels 1..K, ``class_pixels``
@@ -46,13 +46,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import radius
-from .files import ArrayVolume, Volume, atomic_open
-from .inputs import InputError
-from .model import Model
-from .objects import count_objects
-from .padding import mirror_indices, padded_size
-from .predict import DEFAULT_TILE, logits_from_padded, normalise, segment, softmax
+from ..io.files import ArrayVolume, Volume, atomic_open
+from ..network.features import radius
+from ..network.inputs import InputError
+from ..network.model import Model
+from ..network.padding import mirror_indices, padded_size
+from ..network.predict import DEFAULT_TILE, logits_from_padded, normalise, segment, softmax
+from ..post.objects import count_objects
 
 __all__ = [
     "PROB_DTYPES",
@@ -393,7 +393,7 @@ def decode_probabilities(stored: np.ndarray, prob_dtype: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CountSettings:
-    """Per-slice objects of class ``class_index`` (0-based): see :func:`~napari_mpf.engine.objects.count_objects`."""
+    """Per-slice objects of class ``class_index`` (0-based): see :func:`~napari_mpf.engine.post.objects.count_objects`."""
 
     class_index: int = 1
     threshold: float = 0.5
@@ -478,8 +478,8 @@ def open_prediction(path: str | Path) -> dict:
 class ZarrPrediction:
     """Predict a whole volume into a zarr store, chunk by chunk, resumably.
 
-    ``volume``: a :class:`~napari_mpf.engine.files.Volume` (see :func:`~napari_mpf.engine.files.open_volume`)
-    or an array (wrapped in :class:`~napari_mpf.engine.files.ArrayVolume`). ``chunks``: output tile
+    ``volume``: a :class:`~napari_mpf.engine.io.files.Volume` (see :func:`~napari_mpf.engine.io.files.open_volume`)
+    or an array (wrapped in :class:`~napari_mpf.engine.io.files.ArrayVolume`). ``chunks``: output tile
     ``(rows, cols)`` (default 1024; clipped to the image). ``prob_dtype``: ``"uint8"`` (default),
     ``"float16"`` or ``"float32"``. ``counts``: per-slice object counts, or None. With an existing
     store from the same model, source, chunks and encoding, finished chunks are skipped (resume);
@@ -773,7 +773,7 @@ def write_counts_csv(path: str | Path, class_names: list[str], rows, with_counts
     """Write the per-slice table (atomically). ``rows``: ``(slice, name, (count, object_pixels,
     defect_present) or None, class fractions)``; a count of -1 (not counted) is left empty.
     ``extra``: more columns, one value per row (e.g. an image-level head's probabilities);
-    ``stage``: an :class:`~napari_mpf.engine.atomic.Staged` that replaces the file when it commits."""
+    ``stage``: an :class:`~napari_mpf.engine.io.atomic.Staged` that replaces the file when it commits."""
     extra = extra or {}
     header = ["slice", "name"] + (["count", "object_pixels", "defect_present"] if with_counts else [])
     header += [f"fraction_{n}" for n in class_names] + list(extra)

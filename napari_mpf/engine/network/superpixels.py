@@ -20,8 +20,8 @@ from collections import OrderedDict
 import numpy as np
 from numba import njit, prange
 
+from ..kernels.layers import _OPTS
 from .inputs import InputError
-from .kernels import _OPTS
 
 __all__ = [
     "clear_superpixel_cache",

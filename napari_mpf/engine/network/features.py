@@ -9,7 +9,7 @@ no parameters.
 
 The filters are local (a Gaussian truncated at 4 sigma, then central or second differences), and
 the image is mirror-extended the same way as for the network's window
-(:func:`~napari_mpf.engine.padding.mirror_indices`), so a region read with :func:`radius` extra
+(:func:`~napari_mpf.engine.network.padding.mirror_indices`), so a region read with :func:`radius` extra
 pixels on every side gives the same features as the whole image.
 """
 

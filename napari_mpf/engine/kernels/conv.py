@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import blocked, gemm
-from . import kernels as K
+from . import layers as K
 
 __all__ = ["forward", "input_grad", "weight_grad", "fc_pair_forward", "fc_pair_backward"]
 

@@ -6,7 +6,7 @@ but the pair in use (and a small cache): :meth:`PairDataset.scan` reads the labe
 find the classes, the painted pairs and the channels, :meth:`PairDataset.normalisation` streams the
 images once for the per-channel mean and standard deviation, and :meth:`PairDataset.pair` loads
 pair ``i`` checked and ready for the engine. So a whole annotated data set can train a model
-without fitting in memory: the :class:`~napari_mpf.engine.train.Trainer` takes one pair per step.
+without fitting in memory: the :class:`~napari_mpf.engine.training.train.Trainer` takes one pair per step.
 
 Pairs in a folder (:meth:`PairDataset.from_folder`):
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import (
+from ..io.files import (
     FOLDER_EXTENSIONS,
     MAX_CLASSES,
     READ_EXTENSIONS,
@@ -34,8 +34,8 @@ from .files import (
     open_volume,
     read_labels,
 )
-from .inputs import InputError, as_image, as_labels
-from .model import Model, normalisation_from
+from ..network.inputs import InputError, as_image, as_labels
+from ..network.model import Model, normalisation_from
 
 __all__ = ["PairDataset", "DatasetInfo", "model_for_dataset"]
 
@@ -163,7 +163,7 @@ class PairDataset(Sequence):
         return value
 
     def load_all(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """All pairs in memory, as the lists :class:`~napari_mpf.engine.train.Trainer` takes today."""
+        """All pairs in memory, as the lists :class:`~napari_mpf.engine.training.train.Trainer` takes today."""
         pairs = [self._load(i) for i in range(len(self))]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
@@ -190,7 +190,7 @@ class PairDataset(Sequence):
         return self._info
 
     def check(self, in_channels: int | None = None, n_classes: int | None = None) -> DatasetInfo:
-        """Like :func:`~napari_mpf.engine.inputs.check_training_pairs`, streaming: strokes of at least
+        """Like :func:`~napari_mpf.engine.network.inputs.check_training_pairs`, streaming: strokes of at least
         two classes, the model's channels, no class above ``n_classes``."""
         info = self.scan()
         if not info.classes:
@@ -209,7 +209,7 @@ class PairDataset(Sequence):
 
     def normalisation(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and standard deviation over all images, one image at a time (as
-        :func:`~napari_mpf.engine.model.normalisation_from` computes them in memory)."""
+        :func:`~napari_mpf.engine.network.model.normalisation_from` computes them in memory)."""
         return normalisation_from(self.pair(i)[0] for i in range(len(self)))
 
 

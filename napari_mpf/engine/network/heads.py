@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .inputs import InputError
-from .network import Cache, Workspace, backward, forward_features
+from .mpf import Cache, Workspace, backward, forward_features
 from .superpixels import sp_broadcast, sp_broadcast_backward, sp_pool_backward, sp_pool_forward
 
 if TYPE_CHECKING:  # annotations only: a Model is above the arithmetic that evaluates it

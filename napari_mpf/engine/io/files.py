@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..network.inputs import InputError  # the engine's error type, so callers catch one class
 from .atomic import Staged, make_temp, write_error_text
-from .inputs import InputError  # the engine's error type, so callers catch one class
 
 __all__ = [
     "InputError",
@@ -63,7 +63,7 @@ FOLDER_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 WRITE_EXTENSIONS = (".tif", ".tiff", ".npy", ".npz", ".png")
 _IMAGEIO = (".png", ".jpg", ".jpeg")
 #: the largest label value :func:`read_labels` accepts by default (16-bit masks); training takes
-#: at most 255 classes (:data:`MAX_CLASSES`, as :func:`~napari_mpf.engine.inputs.as_labels`)
+#: at most 255 classes (:data:`MAX_CLASSES`, as :func:`~napari_mpf.engine.network.inputs.as_labels`)
 MAX_LABEL = 65535
 MAX_CLASSES = 255
 
@@ -417,7 +417,7 @@ def read_labels(
 @contextmanager
 def atomic_open(path: str | os.PathLike, stage: Staged | None = None) -> Iterator:
     """Open a temporary file next to ``path`` for binary writing; on success move it over ``path``
-    (with ``stage``, leave that to :meth:`~napari_mpf.engine.atomic.Staged.commit`).
+    (with ``stage``, leave that to :meth:`~napari_mpf.engine.io.atomic.Staged.commit`).
 
     On any error the temporary file is removed and an existing ``path`` is left untouched. Temporary
     files of ``path`` left by a killed writer are removed first.

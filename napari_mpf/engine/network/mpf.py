@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import conv
-from . import kernels as K
+from ..kernels import conv
+from ..kernels import layers as K
 
 if TYPE_CHECKING:  # annotations only: a Model is above the arithmetic that evaluates it
     from .model import Model
