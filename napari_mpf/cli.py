@@ -55,7 +55,7 @@ try:  # Ctrl-C while the command starts (NumPy's import): no traceback, as after
     from .engine.network.predict import predict, refine_with_superpixels
     from .engine.network.spec import DEFAULT_PRESET
     from .engine.post.objects import count_objects
-    from .engine.scale.chunked import (
+    from .engine.scale import (
         CountSettings,
         ZarrPrediction,
         encode_probabilities,

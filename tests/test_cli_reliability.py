@@ -157,13 +157,13 @@ def test_5_predict_zarr_read_only_or_full(data, capsys, tmp_path, monkeypatch):
         err = user_error(capsys, "predict", "--model", data / "model.npz", "--image", data / "img.tif",
                          "--out", tmp_path / "p.zarr", "--scheduler", "sync", "-q")
         assert "read-only" in err and not (tmp_path / "p.zarr").exists()
-    from napari_mpf.engine.scale import chunked
+    from napari_mpf.engine.scale import store
 
     class Full:
         def __setitem__(self, key, value):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(chunked, "_output", lambda *a: Full())
+    monkeypatch.setattr(store, "_output", lambda *a: Full())
     err = user_error(capsys, "predict", "--model", data / "model.npz", "--image", data / "img.tif",
                      "--out", tmp_path / "q.zarr", "--scheduler", "sync", "-q")
     assert "disk is full" in err and "resume" in err

@@ -23,14 +23,14 @@ from .._layer_style import (
     class_names_from_features,
 )
 from ..engine import InputError, Model, SpecError, TrainConfig, Trainer, parse_spec, segment
-from ..engine.io.files import ArrayVolume
+from ..engine.io.volume import ArrayVolume
 from ..engine.network.features import FILTER_BANKS, check_filters
 from ..engine.network.heads import add_image_head, add_superpixel_branch
 from ..engine.network.predict import predict, predict_proba, refine_with_superpixels
 from ..engine.network.spec import DEFAULT_PRESET
 from ..engine.post.objects import ObjectCounts, count_objects
 from ..engine.post.uncertainty import Uncertain, least_certain, uncertainty
-from ..engine.scale.chunked import (
+from ..engine.scale import (
     CountSettings,
     ZarrPrediction,
     open_prediction,
@@ -658,7 +658,7 @@ class Controller:
 
     def zarr_job(self, model: Model, image_layer, path, prob_dtype: str = "uint8", counts: CountSettings | None = None,
                  overwrite: bool = False) -> ZarrPrediction:
-        """A :class:`~napari_mpf.engine.scale.chunked.ZarrPrediction` of every slice of ``image_layer`` into
+        """A :class:`~napari_mpf.engine.scale.run.ZarrPrediction` of every slice of ``image_layer`` into
         the store ``path`` (``*.zarr``); a stopped run on the same path resumes. Run it in a worker."""
         self.check_model_fits_image(model, image_layer)
         self._refuse_superpixel_branch(model, image_layer, "would be predicted into zarr chunk by chunk")

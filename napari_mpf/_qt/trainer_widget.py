@@ -40,7 +40,7 @@ from qtpy.QtWidgets import (
 from .._layer_style import class_names_from_features
 from ..engine import PRESETS, Model, ModelFileError, load_model, parse_spec, save_model
 from ..engine.network.features import FILTER_BANKS, check_filters, n_outputs
-from ..engine.scale.chunked import CountSettings
+from ..engine.scale import CountSettings
 from ..engine.training.train import LIVE_STEPS
 from ..engine.training.warmup import warm_up
 from .controller import (

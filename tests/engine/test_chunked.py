@@ -13,9 +13,9 @@ import zarr
 from _cases import make_image, randomise
 
 from napari_mpf.engine import InputError, Model, predict_logits, predict_proba, segment
-from napari_mpf.engine.io.files import ArrayVolume, open_volume
+from napari_mpf.engine.io.volume import ArrayVolume, open_volume
 from napari_mpf.engine.post.objects import count_objects
-from napari_mpf.engine.scale.chunked import (
+from napari_mpf.engine.scale import (
     CountSettings,
     ZarrPrediction,
     decode_probabilities,

@@ -21,7 +21,7 @@ from napari_mpf.engine import (
     predict_proba,
     save_model,
 )
-from napari_mpf.engine.scale.chunked import halo, predict_dask
+from napari_mpf.engine.scale import halo, predict_dask
 
 
 def _two_stages(dtype=np.float64, c=1, k=3, filters=None, seed=0):

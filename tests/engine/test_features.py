@@ -30,7 +30,7 @@ from napari_mpf.engine.network.features import (
 )
 from napari_mpf.engine.network.padding import mirror_indices
 from napari_mpf.engine.network.predict import normalise
-from napari_mpf.engine.scale.chunked import predict_dask
+from napari_mpf.engine.scale import predict_dask
 
 SMALL = {"smooth": [1.0, 2.5], "gradient": [1.0], "hessian": [1.5]}
 

@@ -26,14 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.files import (
-    FOLDER_EXTENSIONS,
-    MAX_CLASSES,
-    READ_EXTENSIONS,
-    _natural_key,
-    open_volume,
-    read_labels,
-)
+from ..io.read import FOLDER_EXTENSIONS, MAX_CLASSES, READ_EXTENSIONS, natural_key, read_labels
+from ..io.volume import open_volume
 from ..network.inputs import InputError, as_image, as_labels
 from ..network.model import Model, normalisation_from
 
@@ -230,7 +224,7 @@ def model_for_dataset(dataset: PairDataset, spec="fast", activation: str = "tanh
 def _files(folder: Path) -> list[Path]:
     exts = set(FOLDER_EXTENSIONS) | set(READ_EXTENSIONS)
     files = [p for p in folder.iterdir() if not p.name.startswith(".") and (p.is_file() and p.suffix.lower() in exts)]
-    return sorted(files, key=_natural_key)
+    return sorted(files, key=natural_key)
 
 
 def _stem(p: Path) -> str:
