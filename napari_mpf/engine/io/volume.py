@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..lru import LRUCache
 from ..network.inputs import InputError
 from .read import (
     FOLDER_EXTENSIONS,
@@ -179,31 +180,8 @@ class ArrayVolume(Volume):
         return np.asarray(region)
 
 
-class _PlaneCache:
-    """The last few whole planes decoded in this process (formats that cannot read a region)."""
-
-    def __init__(self, size: int = 2):
-        import threading
-
-        self.size = size
-        self.lock = threading.Lock()
-        self.items: dict = {}
-
-    def get(self, key, load):
-        with self.lock:
-            if key in self.items:
-                value = self.items.pop(key)
-                self.items[key] = value
-                return value
-        value = load()
-        with self.lock:
-            self.items[key] = value
-            while len(self.items) > self.size:
-                self.items.pop(next(iter(self.items)))
-        return value
-
-
-_PLANES = _PlaneCache()
+#: the last few whole planes decoded in this process (formats that cannot read a region)
+_PLANES: LRUCache[np.ndarray] = LRUCache(2)
 
 
 class FileVolume(Volume):
@@ -318,7 +296,7 @@ class FolderVolume(Volume):
                 )
             return arr
 
-        plane = _PLANES.get((str(f), 0), load)
+        plane = _PLANES.get_or_compute((str(f), 0), load)
         return plane[self._index(zi, rows, cols)[1:]]
 
 

@@ -7,12 +7,11 @@ dask's ``"reflect"`` boundary repeats the edge pixel, NumPy's ``"symmetric"``).
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections import OrderedDict
 
 import numpy as np
 
+from ..lru import LRUCache
 from ..network.inputs import InputError
 from ..network.model import Model
 from .region import halo, numba_threads, predict_region
@@ -122,18 +121,15 @@ def predict_dask(
     k = model.n_classes
     frozen = model.copy()
     out_dtype = {"probabilities": np.dtype(np.float32), "logits": np.dtype(model.dtype), "segmentation": np.dtype(np.uint8 if k < 255 else np.uint16)}[output]
-    cache: OrderedDict = OrderedDict()
-    lock = threading.Lock()
+    cache: LRUCache[np.ndarray] = LRUCache(cache_tiles or 0)
     tag = uuid.uuid4().hex
 
     def block_fn(block: np.ndarray, block_id=None) -> np.ndarray:
         iy, ix = block_id[-2], block_id[-1]
         key = tuple(block_id)
-        if cache_tiles:
-            with lock:
-                if key in cache:
-                    cache.move_to_end(key)
-                    return cache[key]
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
         y0, y1 = int(ystarts[iy]), int(ystarts[iy + 1])
         x0, x1 = int(xstarts[ix]), int(xstarts[ix + 1])
         oy = y0 - depth[x.ndim - 2] if iy > 0 else 0
@@ -152,11 +148,7 @@ def predict_dask(
                     return img[:, r0:r1, c0:c1]
 
                 res[idx] = predict_region(frozen, read, (h, w), (y0, y1), (x0, x1), output)
-        if cache_tiles:
-            with lock:
-                cache[key] = res
-                while len(cache) > cache_tiles:
-                    cache.popitem(last=False)
+        cache.put(key, res)
         return res
 
     lead_chunks = x.chunks[:lead]

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from ..io.volume import Volume
+from ..lru import LRUCache
 from ..network.inputs import InputError
 from ..network.model import Model
 from ..network.predict import segment
@@ -69,24 +68,14 @@ def decode_probabilities(stored: np.ndarray, prob_dtype: str) -> np.ndarray:
     return out / np.float32(scale) if scale != 1.0 else out
 
 
-_OPENED: OrderedDict = OrderedDict()
-_OPENED_LOCK = threading.Lock()
+_OPENED: LRUCache = LRUCache(16)
 
 
 def _output(path: str, run_id: str, name: str):
     """Array ``name`` of the store, opened once per process (and per store creation: ``run_id``)."""
     import zarr
 
-    key = (path, run_id, name)
-    with _OPENED_LOCK:
-        if key in _OPENED:
-            return _OPENED[key]
-    arr = zarr.open_array(path, path=name, mode="r+")
-    with _OPENED_LOCK:
-        _OPENED[key] = arr
-        while len(_OPENED) > 16:
-            _OPENED.popitem(last=False)
-    return arr
+    return _OPENED.get_or_compute((path, run_id, name), lambda: zarr.open_array(path, path=name, mode="r+"))
 
 
 def run_chunk(model: Model, volume: Volume, path: str, run_id: str, z: int, iy: int, ix: int, box: tuple, prob_dtype: str,

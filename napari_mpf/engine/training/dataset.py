@@ -18,8 +18,6 @@ Pairs in a folder (:meth:`PairDataset.from_folder`):
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np
 
 from ..io.read import FOLDER_EXTENSIONS, MAX_CLASSES, READ_EXTENSIONS, natural_key, read_labels
 from ..io.volume import open_volume
+from ..lru import LRUCache
 from ..network.inputs import InputError, as_image, as_labels
 from ..network.model import Model, normalisation_from
 
@@ -73,9 +72,7 @@ class PairDataset(Sequence):
         self.image_key, self.labels_key = image_key, labels_key
         self.label_offset = int(label_offset)
         self.channels_first = channels_first
-        self._cache_size = max(0, int(cache))
-        self._cache: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache: LRUCache[tuple[np.ndarray, np.ndarray]] = LRUCache(cache)
         self._info: DatasetInfo | None = None
         # index: pair -> (file, slice or None); opening a volume reads only its header
         self.index: list[tuple[int, int | None]] = []
@@ -144,17 +141,7 @@ class PairDataset(Sequence):
         if not -len(self) <= i < len(self):
             raise IndexError(f"pair {i} of {len(self)}")
         i %= len(self)
-        with self._lock:
-            if i in self._cache:
-                self._cache.move_to_end(i)
-                return self._cache[i]
-        value = self._load(i)
-        if self._cache_size:
-            with self._lock:
-                self._cache[i] = value
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return value
+        return self._cache.get_or_compute(i, lambda: self._load(i))
 
     def load_all(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """All pairs in memory, as the lists :class:`~napari_mpf.engine.training.train.Trainer` takes today."""
