@@ -5,7 +5,7 @@ import pytest
 from _cases import same_results_on_two_paths
 
 from napari_mpf.engine import Model
-from napari_mpf.engine.kernels import blocked, gemm
+from napari_mpf.engine.kernels import blocked, fc, gemm
 from napari_mpf.engine.kernels import layers as K
 
 
@@ -85,7 +85,7 @@ def test_fused_head_equals_the_layer_by_layer_pass(maps, painted, path, monkeypa
     model = Model.create(f"C3x3x6, MPF2x2, C2x2x{maps}, FC12", 2, 3, seed=0, dtype=np.float64)
     rng = np.random.default_rng(3)
     shape = (96, 80)  # fragments of 48 x 40 pixels: several of the kernel's pixel blocks each
-    assert shape[0] * shape[1] // 4 > 3 * K._FC_BLOCK
+    assert shape[0] * shape[1] // 4 > 3 * fc._FC_BLOCK
     padded = pad_image(rng.normal(size=(2, *shape)), model.window, shape)
     fused, fused_cache = forward(model, padded, keep=True)
     apart, feats, apart_cache = forward_features(model, padded, keep=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..kernels import conv
+from ..kernels import conv, fc
 from ..kernels import layers as K
 
 if TYPE_CHECKING:  # annotations only: a Model is above the arithmetic that evaluates it
@@ -172,7 +172,7 @@ def forward_features(
             kh, kw = wgt.shape[2:]
             out = new("out", (f, wgt.shape[0], h - kh + 1, w - kw + 1))
             if wgt.shape[2:] == (1, 1):
-                K.conv1x1_forward(_flat(x), wgt[:, :, 0, 0], bias, acts[li], _flat(out))
+                fc.conv1x1_forward(_flat(x), wgt[:, :, 0, 0], bias, acts[li], _flat(out))
             else:
                 conv.forward(x, wgt, bias, acts[li], out)
             if keep:
