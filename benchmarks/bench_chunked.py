@@ -81,7 +81,7 @@ def smooth_stack(n: int, side: int, seed: int = 0) -> np.ndarray:
 def in_memory(model: Model, stack: np.ndarray, chunk_sizes, repeats: int) -> dict:
     import dask.array as da
 
-    from napari_mpf.engine.chunked import predict_dask
+    from napari_mpf.engine.scale import predict_dask
 
     arr = da.from_array(stack, chunks=(1, *stack.shape[1:]))
 

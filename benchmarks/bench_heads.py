@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_mpf.engine import Model, TrainConfig, Trainer
-from napari_mpf.engine.heads import add_image_head, add_superpixel_branch
-from napari_mpf.engine.predict import predict
-from napari_mpf.engine.superpixels import clear_superpixel_cache, slic_superpixels
+from napari_mpf.engine.network.heads import add_image_head, add_superpixel_branch
+from napari_mpf.engine.network.predict import predict
+from napari_mpf.engine.network.superpixels import clear_superpixel_cache, slic_superpixels
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_train.npz"
 

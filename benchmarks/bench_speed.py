@@ -32,8 +32,8 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "2")
 import numpy as np  # noqa: E402
 
 from napari_mpf.engine import Model, predict_proba  # noqa: E402
-from napari_mpf.engine.loss import batch_loss, make_batch  # noqa: E402
-from napari_mpf.engine.network import Workspace  # noqa: E402
+from napari_mpf.engine.network.mpf import Workspace  # noqa: E402
+from napari_mpf.engine.training.loss import batch_loss, make_batch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {
@@ -210,8 +210,8 @@ def peak():  # VmHWM restarts at exec, unlike ru_maxrss, which a forked child in
         return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) * 1024
 
 from napari_mpf.engine import Model
-from napari_mpf.engine.loss import batch_loss, make_batch
-from napari_mpf.engine.network import Workspace
+from napari_mpf.engine.training.loss import batch_loss, make_batch
+from napari_mpf.engine.network.mpf import Workspace
 net, engine = sys.argv[1], sys.argv[2]
 rng = np.random.default_rng(0)
 image = rng.normal(size=(512, 512)).astype(np.float32)
@@ -246,10 +246,10 @@ import time
 t0 = time.perf_counter()
 import numpy as np
 from napari_mpf.engine import Model, Trainer, TrainConfig
-from napari_mpf.engine.synthetic import two_texture_sample
+from napari_mpf.engine.training.synthetic import two_texture_sample
 s = two_texture_sample((512, 512), seed=0)
 t1 = time.perf_counter()
-model = Model.for_data([s.image], [s.strokes])  # the default network (engine.spec.DEFAULT_PRESET)
+model = Model.for_data([s.image], [s.strokes])  # the default network (engine.network.spec.DEFAULT_PRESET)
 progress = next(Trainer(model, [s.image], [s.strokes], TrainConfig(preview_every=1)).run())
 assert progress.probabilities is not None
 print(time.perf_counter() - t1, t1 - t0)

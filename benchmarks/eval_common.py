@@ -388,10 +388,10 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     ``sp_compactness``), ``image_head=WEIGHT`` (image-level head, trained on ``image_labels`` when
     given, else on labels read from the strokes), ``refine=SIZE`` (superpixel post-processing, V1),
     ``by_class=true`` (crop centres drawn class first), ``filters=multiscale`` (input filter bank,
-    ``napari_mpf.engine.features``), ``elastic=PIXELS``, ``intensity=AMOUNT`` and ``shading=AMOUNT`` (random elastic
+    ``napari_mpf.engine.network.features``), ``elastic=PIXELS``, ``intensity=AMOUNT`` and ``shading=AMOUNT`` (random elastic
     deformation, contrast/brightness jitter and smoothly varying jitter of every training batch,
-    ``napari_mpf.engine.augment``), ``smoothness=STRENGTH`` (edge-aware smoothness of the probabilities
-    on every pixel, ``napari_mpf.engine.smoothness``). ``tta=true``: test-time augmentation (mean
+    ``napari_mpf.engine.training.augment``), ``smoothness=STRENGTH`` (edge-aware smoothness of the probabilities
+    on every pixel, ``napari_mpf.engine.training.smoothness``). ``tta=true``: test-time augmentation (mean
     over the 8 rotations and flips). ``ensemble=N``: N networks with seeds ``seed .. seed + N - 1``
     (each trained with the row's steps or budget), probabilities averaged. ``context=SPEC``:
     auto-context (``TrainConfig.context``), a second stage of that spec (same filters and heads)
@@ -404,8 +404,8 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     recent step times and the time left), so the learning rate reaches the end of its schedule
     when the budget runs out, even when the machine's load changes during the run.
     """
-    from napari_mpf.engine.predict import predict as engine_predict
-    from napari_mpf.engine.predict import predict_proba, refine_with_superpixels
+    from napari_mpf.engine.network.predict import predict as engine_predict
+    from napari_mpf.engine.network.predict import predict_proba, refine_with_superpixels
 
     n_members = int(p.get("ensemble") or 1)
     if n_members > 1:  # members differ only in their seed; their probabilities are averaged
@@ -442,7 +442,7 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
 
 def _train_mpf(images, labels, p: dict, log, image_labels):
     from napari_mpf.engine import Model, TrainConfig, Trainer
-    from napari_mpf.engine.heads import add_image_head, add_superpixel_branch
+    from napari_mpf.engine.network.heads import add_image_head, add_superpixel_branch
 
     t0 = time.perf_counter()
     spec = p.get("spec") or p.get("preset") or "fast"

@@ -47,7 +47,7 @@ import simulated_user as su  # noqa: E402
 
 from napari_mpf import recipe  # noqa: E402
 from napari_mpf.engine import Model, TrainConfig, Trainer, predict_proba  # noqa: E402
-from napari_mpf.engine.objects import count_objects  # noqa: E402
+from napari_mpf.engine.post.objects import count_objects  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: our method's settings, the engine's defaults; every key can be overridden per row (``name:key=value,...``)

@@ -24,8 +24,8 @@ import time
 import eval_common as ec
 import numpy as np
 
-from napari_mpf.engine.dihedral import dihedral, undo_dihedral
-from napari_mpf.engine.model import normalisation_from
+from napari_mpf.engine.network.dihedral import dihedral, undo_dihedral
+from napari_mpf.engine.network.model import normalisation_from
 
 UNET_DEFAULTS = dict(base=16, levels=4, crop=256, batch=2, lr=1e-3, budget=180.0, seed=0, tta=False)
 

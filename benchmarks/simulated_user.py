@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_mpf.engine.uncertainty import uncertainty
+from napari_mpf.engine.post.uncertainty import uncertainty
 
 __all__ = ["first_strokes", "correction_strokes", "STROKE_LENGTH", "STROKE_WIDTH"]
 

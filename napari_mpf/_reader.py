@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from .engine import ModelFileError, load_model
-from .engine.modelfile import MODEL_SUFFIX
+from .engine.io.modelfile import MODEL_SUFFIX
 
 __all__ = ["MODEL_SUFFIX", "get_reader", "is_model_path", "read_model"]
 

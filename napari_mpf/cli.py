@@ -22,7 +22,7 @@ try:  # Ctrl-C while the command starts (NumPy's import): no traceback, as after
 
     import numpy as np
 
-    from . import __version__, recipe
+    from . import __version__, engine, recipe
     from .cli_checks import (
         ENVIRONMENT_ERRNOS,
         CLIError,
@@ -35,6 +35,35 @@ try:  # Ctrl-C while the command starts (NumPy's import): no traceback, as after
         unpainted_classes_note,
         warn,
     )
+    from .engine import (
+        PRESETS,
+        InputError,
+        Model,
+        ModelFileError,
+        TrainConfig,
+        Trainer,
+        load_model,
+        parse_spec,
+        predict_proba,
+        save_model,
+        segment,
+    )
+    from .engine.io import files
+    from .engine.io.atomic import Staged, write_error_text
+    from .engine.io.modelfile import MODEL_SUFFIX
+    from .engine.network.heads import add_image_head, add_superpixel_branch
+    from .engine.network.inputs import FLOAT32_MAX
+    from .engine.network.predict import predict, refine_with_superpixels
+    from .engine.network.spec import DEFAULT_PRESET
+    from .engine.post.objects import count_objects
+    from .engine.scale import (
+        CountSettings,
+        ZarrPrediction,
+        encode_probabilities,
+        write_counts_csv,
+    )
+    from .engine.training.dataset import PairDataset, model_for_dataset
+    from .engine.training.synthetic import two_texture_sample
 except KeyboardInterrupt:  # pragma: no cover - exercised in a subprocess by the tests
     sys.stderr.write("napari-mpf: aborted\n")
     raise SystemExit(130) from None
@@ -331,8 +360,6 @@ def _sample_labels(masks: list[np.ndarray], fraction: float, seed: int) -> list[
 def _as_float32(image: np.ndarray, name: str) -> np.ndarray:
     """``image`` as float32, refusing float64 values beyond float32's range (they would become inf)."""
     if image.dtype == np.float64 and image.size:
-        from .engine.inputs import FLOAT32_MAX
-
         big = max(float(image.max()), -float(image.min()))
         if big > FLOAT32_MAX:
             raise CLIError(f"{name} has values up to {big:.3g}, beyond the float32 range (±{FLOAT32_MAX:.3g}) "
@@ -359,8 +386,6 @@ def _check_painted(masks: list[np.ndarray], offset: int) -> np.ndarray:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import Model, TrainConfig, Trainer, files
-
     out = _check_out(args.out, (".npz",), "model file")
     check_writable(out)
     _check_head_options(args)
@@ -436,9 +461,6 @@ def _check_head_options(args: argparse.Namespace) -> None:
 
 def _add_heads(model, args: argparse.Namespace) -> None:
     """Give the new ``model`` the heads asked for (--superpixel-branch, --image-head)."""
-    from .engine import InputError
-    from .engine.heads import add_image_head, add_superpixel_branch
-
     hint = " (a spec without IN<h>x<w> always ends so; the presets do)"
     if args.superpixel_branch is not None:
         try:
@@ -474,8 +496,6 @@ def _heads_text(model) -> str | None:
 
 
 def _print_network(model, context: str | None = None) -> None:
-    from .engine import parse_spec
-
     wh, ww = model.window
     print(f"network: {model.spec.text}")
     print(f"window: {wh}x{ww} pixels, {model.n_params:,} parameters, {model.in_channels} input channel(s)")
@@ -547,8 +567,6 @@ def _step_size(args: argparse.Namespace) -> dict:
 
 def _train_steps(args: argparse.Namespace) -> int:
     """--steps, or its default (``TrainConfig.steps``), or no practical cap when --seconds sets the length."""
-    from .engine import TrainConfig
-
     if args.steps is not None:
         return args.steps
     return _NO_STEP_CAP if args.seconds is not None else TrainConfig.steps
@@ -556,8 +574,6 @@ def _train_steps(args: argparse.Namespace) -> int:
 
 def _train_and_save(trainer, args: argparse.Namespace, out: Path, provenance: dict) -> int:
     """Drain the training generator with a progress bar, save the model, report."""
-    from .engine import ModelFileError, save_model
-
     check_writable(out, need=model_file_bytes(trainer.model))
     t0 = time.perf_counter()
     steps = trainer.config.steps
@@ -591,8 +607,6 @@ def _recipe_of(args: argparse.Namespace) -> dict:
 
 
 def _spec_from(args: argparse.Namespace) -> str:
-    from .engine.spec import DEFAULT_PRESET, PRESETS
-
     if args.spec is not None:
         return args.spec
     spec = (args.preset or DEFAULT_PRESET).strip().lower()
@@ -603,9 +617,6 @@ def _spec_from(args: argparse.Namespace) -> str:
 
 def _train_pairs(args: argparse.Namespace, out: Path) -> int:
     """``train --pairs FOLDER``: the data set is streamed, one pair per step (``out`` is checked)."""
-    from .engine import TrainConfig, Trainer
-    from .engine.dataset import PairDataset, model_for_dataset
-
     dataset = PairDataset.from_folder(args.pairs, image_key=args.image_key, labels_key=args.labels_key,
                                       label_offset=args.label_offset, channels_first=args.channels_first)
     class_names = [s.strip() for s in args.class_names.split(",")] if args.class_names else None
@@ -626,11 +637,6 @@ def _train_pairs(args: argparse.Namespace, out: Path) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .engine import files, load_model, segment
-    from .engine.atomic import Staged
-    from .engine.chunked import encode_probabilities
-    from .engine.predict import predict, predict_proba, refine_with_superpixels
-
     if args.superpixel_compactness is not None and args.refine_superpixels is None:
         raise CLIError("--superpixel-compactness applies only with --refine-superpixels SIZE")
     if Path(args.out).suffix.lower() == ".zarr":
@@ -730,8 +736,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _write_counts(path: Path, names: list[str], rows, image_probs: list[np.ndarray] | None, stage=None) -> None:
     """The per-slice counts CSV; with an image-level head, plus one column ``p_image_<class>`` per
     class after the first."""
-    from .engine.chunked import write_counts_csv
-
     extra = {}
     if image_probs:
         extra = {f"p_image_{_class_label(names, k)}": [float(p[k - 1]) for p in image_probs] for k in range(1, len(names))}
@@ -739,8 +743,6 @@ def _write_counts(path: Path, names: list[str], rows, image_probs: list[np.ndarr
 
 
 def _count_settings(args: argparse.Namespace, model):
-    from .engine.chunked import CountSettings
-
     names = list(model.class_names)
     text = args.count_class
     if text is None:
@@ -758,8 +760,6 @@ def _count_settings(args: argparse.Namespace, model):
 
 
 def _count_row(probs: np.ndarray, settings) -> tuple[int, int, int]:
-    from .engine.objects import count_objects
-
     res = count_objects(probs[settings.class_index], settings.threshold, settings.min_area, settings.min_count, settings.min_pixels)
     return int(res.count), int(res.pixels.sum()), int(res.defect_present)
 
@@ -849,9 +849,6 @@ def _predict_zarr(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from .engine import files, load_model
-    from .engine.chunked import ZarrPrediction
-
     out = Path(args.out)
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
@@ -938,8 +935,6 @@ def _store_errors(out: Path):
     try:
         yield
     except OSError as exc:
-        from .engine.atomic import write_error_text
-
         if exc.errno not in ENVIRONMENT_ERRNOS and "requested and" not in str(exc):
             raise
         kept = "; the finished chunks are kept: make room and run the same command again to resume" if out.is_dir() else ""
@@ -959,8 +954,6 @@ def _jsonable(obj):
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .engine import load_model
-
     model = load_model(args.model)
     spec = model.spec
     wh, ww = model.window
@@ -990,19 +983,6 @@ _DEMO_MIN_SIZE = 16  # the synthetic sample's smallest side
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from scipy import ndimage as ndi
-
-    from .engine import (
-        PRESETS,
-        Model,
-        TrainConfig,
-        Trainer,
-        files,
-        predict_proba,
-        save_model,
-        segment,
-    )
-    from .engine.modelfile import MODEL_SUFFIX
-    from .engine.synthetic import two_texture_sample
 
     if args.preset.strip().lower() not in PRESETS:
         raise CLIError(f"unknown preset '{args.preset}'; choose one of {', '.join(PRESETS)}")
@@ -1058,8 +1038,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"(truth: {int(np.sum(true_sizes >= min_size))})"
     )
     if save_dir is not None:
-        from .engine.atomic import Staged
-
         with Staged() as stage:  # all six files, or none
             for name, array in zip(_demo_files, (sample.image, sample.strokes, sample.truth, prob, seg.astype(np.uint8)),
                                    strict=False):
@@ -1075,13 +1053,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [CLIError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError]
-    from .engine import files
-
     errors.append(files.InputError)
-    try:
-        from . import engine
-    except ImportError:  # pragma: no cover - the engine failed to import: let that traceback show
-        return tuple(errors)
     for name in ("InputError", "SpecError", "ModelFileError"):
         cls = getattr(engine, name, None)
         if isinstance(cls, type) and issubclass(cls, BaseException):
@@ -1121,8 +1093,6 @@ def _run(args: argparse.Namespace, errors: tuple[type[BaseException], ...]) -> i
     except OSError as exc:  # a full disk, a read-only file system: the environment, not a bug
         if exc.errno not in ENVIRONMENT_ERRNOS and "requested and" not in str(exc):
             raise
-        from .engine.atomic import write_error_text
-
         what = write_error_text(exc, exc.filename or "an output")
         print(f"{PROG}: error: {what}", file=sys.stderr)
         return 2

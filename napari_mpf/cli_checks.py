@@ -18,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine import save_model
+from .engine.io.atomic import make_temp, write_error_text
+from .engine.network.spec import network_bytes
+
 PROG = "napari-mpf"
 #: errno values of a failed write or read that are the user's environment, not a bug
 ENVIRONMENT_ERRNOS = frozenset(
@@ -60,8 +64,6 @@ def check_writable(path: str | os.PathLike, need: int = 0, inside: bool = False)
     """Refuse (:class:`CLIError`) an output that cannot be written: its folder read-only or not ours
     (a temporary file is made there and removed), or fewer than ``need`` bytes free. ``inside``:
     ``path`` is a folder (a zarr store) whose contents are written."""
-    from .engine.atomic import make_temp, write_error_text
-
     p = Path(path)
     probe = p / ".napari-mpf-probe" if inside else p
     try:
@@ -83,9 +85,6 @@ def check_writable(path: str | os.PathLike, need: int = 0, inside: bool = False)
 def save_elsewhere(model, out: Path, exc: BaseException) -> CLIError:
     """The trained model could not be written to ``out``: save it in the current folder or the
     temporary folder instead and return the error that says where it went."""
-    from .engine import save_model
-    from .engine.atomic import write_error_text
-
     why = write_error_text(exc, out) if isinstance(exc, OSError) else str(exc)
     for folder in (Path.cwd(), Path(tempfile.gettempdir())):
         target = folder / out.name
@@ -132,8 +131,6 @@ def predict_memory(model, shapes: Sequence[tuple[int, ...]], augment: bool = Fal
     """Bytes an in-memory prediction of images of ``shapes`` (``(H, W)`` or ``(C, H, W)``) needs:
     per image its float copy, normalised and padded input, scores, probabilities and their encoding,
     and one tile's activations; for all images the probabilities and labels kept for the output."""
-    from .engine.spec import network_bytes
-
     k = model.n_classes
     item = np.dtype(model.dtype).itemsize
     n_in = model.net_in_channels

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .engine import TrainConfig
-from .engine.features import FILTER_BANKS
-from .engine.optim import OPTIMIZERS
-from .engine.spec import DEFAULT_PRESET, PRESETS
-from .engine.train import LIVE_STEPS
+from .engine.network.features import FILTER_BANKS
+from .engine.network.spec import DEFAULT_PRESET, PRESETS
+from .engine.training.optim import OPTIMIZERS
+from .engine.training.train import LIVE_STEPS
 
 __all__ = ["Choice", "RECIPE", "RecipeError", "choice", "defaults", "checked", "add_arguments",
            "from_arguments", "train_config"]

@@ -15,7 +15,7 @@ from cli_helpers import run, user_error
 
 from napari_mpf import cli
 from napari_mpf.engine import load_model, predict_proba, save_model
-from napari_mpf.engine.synthetic import two_texture_sample
+from napari_mpf.engine.training.synthetic import two_texture_sample
 
 TINY = "C3x3x4, MPF2x2, C3x3x4, FC8"  # the output layer FC2 is appended
 REPO = Path(__file__).resolve().parents[1]
@@ -169,7 +169,7 @@ def test_ctrl_c_stops_after_the_step_and_saves(data, capsys, monkeypatch):
             yield next(gen)
 
     handler = signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(engine, "Trainer", Interrupted)
+    monkeypatch.setattr(cli, "Trainer", Interrupted)  # the name the command line imported
     code, out, err = run(capsys, *train_args(data, out="int.npz"))
     assert code == 130
     assert "trained 2 step(s)" in out and "stopped early" in out and "stopping after this step" in err
@@ -190,7 +190,7 @@ def test_second_ctrl_c_aborts_without_saving(data, capsys, monkeypatch):
             signal.raise_signal(signal.SIGINT)
             yield next(gen)
 
-    monkeypatch.setattr(engine, "Trainer", Aborted)
+    monkeypatch.setattr(cli, "Trainer", Aborted)
     code, out, err = run(capsys, *train_args(data, out="abort.npz"))
     assert code == 130 and "aborted" in err
     assert not (data / "abort.npz").exists()
@@ -350,8 +350,8 @@ def test_train_each_head_alone_and_image_labels_file(data, model_file, capsys):
 
 
 def test_predict_refine_superpixels(data, model_file, capsys):
-    from napari_mpf.engine.predict import normalise
-    from napari_mpf.engine.superpixels import slic_superpixels
+    from napari_mpf.engine.network.predict import normalise
+    from napari_mpf.engine.network.superpixels import slic_superpixels
 
     code, out, err = run(capsys, "predict", "--model", model_file, "--image", data / "img.tif", "--out", data / "raw.npy")
     assert code == 0, err
@@ -503,7 +503,7 @@ def test_train_in_two_stages(data, capsys):
 
 
 def test_step_size_sets_the_training_box(data, tmp_path, monkeypatch):
-    T = importlib.import_module("napari_mpf.engine.train")  # the module (the package exports train())
+    T = importlib.import_module("napari_mpf.engine.training.train")  # the module (the package exports train())
     seen = []
     original = T.Trainer.__init__
 

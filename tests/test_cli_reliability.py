@@ -19,8 +19,8 @@ from cli_helpers import run, user_error
 
 from napari_mpf import cli, cli_checks
 from napari_mpf.engine import InputError, Model, load_model, predict_proba, save_model
-from napari_mpf.engine import atomic as atomic_mod
-from napari_mpf.engine.synthetic import two_texture_sample
+from napari_mpf.engine.io import atomic as atomic_mod
+from napari_mpf.engine.training.synthetic import two_texture_sample
 
 TINY = "C3x3x4, MPF2x2, C3x3x4, FC8"
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +55,7 @@ def _fail_writes_in(monkeypatch, folder: Path, code: int = errno.EROFS):
         return real(path)
 
     monkeypatch.setattr(atomic_mod, "make_temp", make_temp)
+    monkeypatch.setattr(cli_checks, "make_temp", make_temp)  # the name check_writable imported
 
 
 def _rewrite(path: Path, target: Path, **arrays) -> Path:
@@ -142,7 +143,8 @@ def test_4_train_disk_full_at_the_end_keeps_the_model(data, capsys, tmp_path, mo
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(model, path)
 
-    monkeypatch.setattr(engine, "save_model", save_model)
+    monkeypatch.setattr(cli, "save_model", save_model)  # the names the command line imported
+    monkeypatch.setattr(cli_checks, "save_model", save_model)
     err = user_error(capsys, *train_args(data, out=target / "m.npz"))
     assert "disk is full" in err and f"saved to {rescue / 'm.npz'}" in err
     assert load_model(rescue / "m.npz").provenance["cli"]["steps_done"] == 2
@@ -155,13 +157,13 @@ def test_5_predict_zarr_read_only_or_full(data, capsys, tmp_path, monkeypatch):
         err = user_error(capsys, "predict", "--model", data / "model.npz", "--image", data / "img.tif",
                          "--out", tmp_path / "p.zarr", "--scheduler", "sync", "-q")
         assert "read-only" in err and not (tmp_path / "p.zarr").exists()
-    from napari_mpf.engine import chunked
+    from napari_mpf.engine.scale import store
 
     class Full:
         def __setitem__(self, key, value):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(chunked, "_output", lambda *a: Full())
+    monkeypatch.setattr(store, "_output", lambda *a: Full())
     err = user_error(capsys, "predict", "--model", data / "model.npz", "--image", data / "img.tif",
                      "--out", tmp_path / "q.zarr", "--scheduler", "sync", "-q")
     assert "disk is full" in err and "resume" in err
@@ -246,7 +248,7 @@ def test_11_killed_saves_leave_no_temp_files_behind(tmp_path):
     target = tmp_path / "m.npz"
     script = textwrap.dedent(f"""
         import os, signal
-        from napari_mpf.engine.atomic import make_temp
+        from napari_mpf.engine.io.atomic import make_temp
         fd, name = make_temp({str(target)!r})
         os.write(fd, b"half a model")
         os.kill(os.getpid(), signal.SIGKILL)

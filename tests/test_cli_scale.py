@@ -17,8 +17,8 @@ import zarr
 from cli_helpers import run, user_error
 
 from napari_mpf.engine import Model, load_model, predict_proba, save_model, segment
-from napari_mpf.engine.chunked import CountSettings, ZarrPrediction
-from napari_mpf.engine.files import open_volume
+from napari_mpf.engine.io.volume import open_volume
+from napari_mpf.engine.scale import CountSettings, ZarrPrediction
 
 TINY = "C3x3x4, MPF2x2, C3x3x4, MPF2x2, C2x2x3, FC6, FC2"
 REPO = Path(__file__).resolve().parents[1]

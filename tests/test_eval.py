@@ -300,7 +300,7 @@ def test_a_filters_row_trains_a_model_with_input_filters():
 
 
 def test_augmentation_rows_train_with_elastic_and_intensity_changes(monkeypatch):
-    import napari_mpf.engine.loss as engine_loss
+    import napari_mpf.engine.training.loss as engine_loss
 
     strengths = []
     original = engine_loss.smoothness_loss

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import loop  # noqa: E402
 import simulated_user as su  # noqa: E402
 
-from napari_mpf.engine.synthetic import two_texture_sample  # noqa: E402
+from napari_mpf.engine.training.synthetic import two_texture_sample  # noqa: E402
 
 
 def _membranes(shape=(96, 96)) -> np.ndarray:

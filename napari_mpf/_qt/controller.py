@@ -22,12 +22,20 @@ from .._layer_style import (
     class_features,
     class_names_from_features,
 )
-from ..engine import InputError, Model, SpecError, TrainConfig, parse_spec, segment
-from ..engine.chunked import CountSettings, ZarrPrediction
-from ..engine.features import FILTER_BANKS, check_filters
-from ..engine.objects import ObjectCounts, count_objects
-from ..engine.predict import predict, predict_proba, refine_with_superpixels
-from ..engine.uncertainty import Uncertain, least_certain, uncertainty
+from ..engine import InputError, Model, SpecError, TrainConfig, Trainer, parse_spec, segment
+from ..engine.io.volume import ArrayVolume
+from ..engine.network.features import FILTER_BANKS, check_filters
+from ..engine.network.heads import add_image_head, add_superpixel_branch
+from ..engine.network.predict import predict, predict_proba, refine_with_superpixels
+from ..engine.post.objects import ObjectCounts, count_objects
+from ..engine.post.uncertainty import Uncertain, least_certain, uncertainty
+from ..engine.scale import (
+    CountSettings,
+    ZarrPrediction,
+    open_prediction,
+    predict_dask,
+    segment_dask,
+)
 
 __all__ = ["UserError", "TrainSettings", "ImageInfo", "TrainingSet", "Controller", "OUTPUT_KEY", "heads_text"]
 
@@ -88,7 +96,7 @@ class TrainSettings:
     #: a new network gets an image-level "class present" head, trained with this loss weight
     image_head: bool = False
     image_head_weight: float = 1.0
-    #: a new network gets these input filters (a name from ``engine.features.FILTER_BANKS`` or the
+    #: a new network gets these input filters (a name from ``engine.network.features.FILTER_BANKS`` or the
     #: settings of a bank; "none" = the image only)
     filters: str | dict = _RECIPE["filters"]
     #: a new network is followed by a second stage of this spec or preset (auto-context; "none" = one)
@@ -362,8 +370,6 @@ class Controller:
 
     def add_heads(self, model: Model, settings: TrainSettings) -> Model:
         """Give a new ``model`` the heads the settings ask for (in place)."""
-        from ..engine.heads import add_image_head, add_superpixel_branch
-
         try:
             if settings.superpixel_branch:
                 add_superpixel_branch(model, float(settings.superpixel_size), SUPERPIXEL_COMPACTNESS, settings.superpixel_pool)
@@ -398,8 +404,6 @@ class Controller:
 
     def make_trainer(self, tset: TrainingSet, settings: TrainSettings):
         """A :class:`napari_mpf.engine.Trainer` for ``tset`` (not started)."""
-        from ..engine import Trainer
-
         model, continued = self.build_model(tset, settings)
         config = TrainConfig(
             steps=int(settings.steps), optimizer=settings.optimizer, lr=settings.lr,
@@ -535,7 +539,7 @@ class Controller:
         return out
 
     def show_uncertainty(self, image_layer, z: int | None, proba: np.ndarray, painted=None) -> Uncertain | None:
-        """Write the margin uncertainty of slice ``z`` (:func:`~napari_mpf.engine.uncertainty.uncertainty`)
+        """Write the margin uncertainty of slice ``z`` (:func:`~napari_mpf.engine.post.uncertainty.uncertainty`)
         into ``'<image> uncertainty'`` (hidden when first made: the user shows it to see where to
         paint) and return the least certain region of the slice, leaving out ``painted`` pixels."""
         info = self.image_info(image_layer)
@@ -658,8 +662,6 @@ class Controller:
         """Probability and segmentation layers as dask arrays, computed as napari shows slices."""
         import dask.array as da
 
-        from ..engine.chunked import predict_dask, segment_dask
-
         info = self.check_model_fits_image(model, image_layer)
         self._refuse_superpixel_branch(model, image_layer, "is large or not in memory, so it is predicted in tiles")
         data = image_layer.data
@@ -677,10 +679,8 @@ class Controller:
 
     def zarr_job(self, model: Model, image_layer, path, prob_dtype: str = "uint8", counts: CountSettings | None = None,
                  overwrite: bool = False) -> ZarrPrediction:
-        """A :class:`~napari_mpf.engine.chunked.ZarrPrediction` of every slice of ``image_layer`` into
+        """A :class:`~napari_mpf.engine.scale.run.ZarrPrediction` of every slice of ``image_layer`` into
         the store ``path`` (``*.zarr``); a stopped run on the same path resumes. Run it in a worker."""
-        from ..engine.files import ArrayVolume
-
         self.check_model_fits_image(model, image_layer)
         self._refuse_superpixel_branch(model, image_layer, "would be predicted into zarr chunk by chunk")
         p = Path(path)
@@ -703,8 +703,6 @@ class Controller:
     def zarr_outputs(self, image_layer, path) -> tuple[list[Image], Labels]:
         """Point the output layers of ``image_layer`` at a finished prediction store (read lazily)."""
         import dask.array as da
-
-        from ..engine.chunked import open_prediction
 
         info = self.image_info(image_layer)
         meta = open_prediction(path)

@@ -33,8 +33,8 @@ from superqt import QCollapsible
 
 from .. import recipe
 from ..engine import PRESETS, Model, parse_spec
-from ..engine.chunked import CountSettings
-from ..engine.features import check_filters, n_outputs
+from ..engine.network.features import check_filters, n_outputs
+from ..engine.scale import CountSettings
 from .controller import OUTPUT_KEY, TrainSettings, UserError, filters_name, heads_text
 from .layer_combo import LayerCombo
 from .loss_plot import LossPlot

@@ -12,7 +12,7 @@ from napari.layers import Image
 from qtpy.QtWidgets import QFileDialog
 
 from ..engine import Model, ModelFileError, load_model, save_model
-from ..engine.modelfile import MODEL_SUFFIX
+from ..engine.io.modelfile import MODEL_SUFFIX
 from .controller import UserError
 
 __all__ = ["ModelJobs"]

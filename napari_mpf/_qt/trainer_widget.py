@@ -18,7 +18,7 @@ from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
 from .._layer_style import class_names_from_features
-from ..engine.warmup import warm_up
+from ..engine.training.warmup import warm_up
 from .controller import Controller, TrainingSet, TrainSettings, UserError
 from .form import SMALL_SPEC, TrainerForm
 from .jobs import Jobs

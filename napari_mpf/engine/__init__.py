@@ -1,4 +1,4 @@
-"""The MPF engine: NumPy + Numba, no napari, no Qt. See README.md for the API and the model file."""
+"""The MPF engine: NumPy + Numba, no napari, no Qt. See README.md for the API and docs/model-file.md for the model file."""
 
 import os
 
@@ -6,13 +6,13 @@ import os
 # run on BLAS): a passive wait policy, read once when libgomp loads, avoids a several-fold slow-down.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .inputs import InputError, as_image, as_labels
-from .loss import loss_and_gradients, masked_cross_entropy
-from .model import Model
-from .modelfile import ModelFileError, load_model, model_header, save_model
-from .predict import predict_logits, predict_proba, segment, softmax
-from .spec import PRESETS, LayerSpec, NetworkSpec, SpecError, parse_spec
-from .train import Progress, TrainConfig, Trainer, fit, train
+from .io.modelfile import ModelFileError, load_model, model_header, save_model
+from .network.inputs import InputError, as_image, as_labels
+from .network.model import Model
+from .network.predict import predict_logits, predict_proba, segment, softmax
+from .network.spec import PRESETS, LayerSpec, NetworkSpec, SpecError, parse_spec
+from .training.loss import loss_and_gradients, masked_cross_entropy
+from .training.train import Progress, TrainConfig, Trainer, fit, train
 
 __all__ = [
     "InputError",

@@ -45,6 +45,6 @@ def compiled_kernels():
     widget test waits for a signal with a timeout: on a clean checkout Numba compiles them cold,
     which took over 30 s on a busy 2-core machine and timed a test out."""
     from napari_mpf._qt.trainer_widget import SMALL_SPEC
-    from napari_mpf.engine.warmup import warm_up
+    from napari_mpf.engine.training.warmup import warm_up
 
     warm_up(SMALL_SPEC)

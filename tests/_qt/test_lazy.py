@@ -8,7 +8,7 @@ import pytest
 import zarr
 from qt_helpers import train_and_wait, wait_idle
 
-import napari_mpf.engine.chunked as chunked
+import napari_mpf.engine.scale.lazy as chunked  # predict_dask calls the predict_region it imported
 from napari_mpf._qt.trainer_widget import SMALL_SPEC
 from napari_mpf._sample_data import blobs
 from napari_mpf.engine import Model, predict_proba, segment

@@ -10,7 +10,7 @@ from napari_mpf._qt.controller import Controller, TrainSettings
 from napari_mpf._qt.trainer_widget import SMALL_SPEC
 from napari_mpf._sample_data import blobs
 from napari_mpf.engine import Model, predict_proba, save_model
-from napari_mpf.engine.features import check_filters
+from napari_mpf.engine.network.features import check_filters
 
 
 def test_controller_builds_and_continues_with_the_same_filters(make_napari_viewer):

@@ -10,8 +10,8 @@ from napari_mpf._qt.controller import Controller, TrainSettings, UserError
 from napari_mpf._qt.trainer_widget import SMALL_SPEC
 from napari_mpf._sample_data import blobs
 from napari_mpf.engine import Model, predict_proba, save_model
-from napari_mpf.engine.heads import add_image_head, add_superpixel_branch
-from napari_mpf.engine.predict import predict, refine_with_superpixels
+from napari_mpf.engine.network.heads import add_image_head, add_superpixel_branch
+from napari_mpf.engine.network.predict import predict, refine_with_superpixels
 
 
 def _run(trainer):
@@ -212,7 +212,7 @@ def test_test_time_augmentation_in_predict(viewer_widget, qtbot):
 
 def test_training_augmentation_and_test_time_augmentation_are_separate_controls(make_napari_viewer):
     from napari_mpf._qt.trainer_widget import TrainerWidget
-    from napari_mpf.engine.spec import DEFAULT_PRESET
+    from napari_mpf.engine.network.spec import DEFAULT_PRESET
 
     w = TrainerWidget(make_napari_viewer())
     assert w.settings().augment is True and not w.tta_check.isChecked()  # the defaults

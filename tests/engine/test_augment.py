@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from napari_mpf.engine import InputError, Model, TrainConfig, Trainer
-from napari_mpf.engine.augment import displacement_field, elastic_deform
-from napari_mpf.engine.loss import Batch
-from napari_mpf.engine.synthetic import two_texture_sample
+from napari_mpf.engine.training.augment import displacement_field, elastic_deform
+from napari_mpf.engine.training.loss import Batch
+from napari_mpf.engine.training.synthetic import two_texture_sample
 
 WINDOW = (12, 12)
 
@@ -79,9 +79,9 @@ def test_training_with_an_augmentation_learns_and_refuses_bad_settings(setting, 
 
 
 def test_intensity_jitter_equals_filtering_the_changed_image():
-    from napari_mpf.engine.augment import intensity_jitter
-    from napari_mpf.engine.loss import make_batch
-    from napari_mpf.engine.predict import normalise
+    from napari_mpf.engine.network.predict import normalise
+    from napari_mpf.engine.training.augment import intensity_jitter
+    from napari_mpf.engine.training.loss import make_batch
 
     sample = two_texture_sample((64, 64), seed=3)
     model = Model.for_data([sample.image], [sample.strokes], spec="C3x3x4, MPF2x2, C3x3x6, FC8", seed=0,
@@ -101,7 +101,7 @@ def test_intensity_jitter_equals_filtering_the_changed_image():
 
 
 def _shaded(model, value: float, amount: float, seed: int):
-    from napari_mpf.engine.augment import shading
+    from napari_mpf.engine.training.augment import shading
 
     batch = _checkerboard_batch(out=96, channels=model.stage_channels)
     batch.padded[:] = value
@@ -127,10 +127,10 @@ def test_shading_is_a_smooth_gain_and_offset_of_the_image_only():
 
 
 def test_shaded_filter_outputs_are_close_to_filtering_the_shaded_image():
-    from napari_mpf.engine.augment import shading
-    from napari_mpf.engine.features import apply_filters
-    from napari_mpf.engine.loss import make_batch
-    from napari_mpf.engine.predict import normalise
+    from napari_mpf.engine.network.features import apply_filters
+    from napari_mpf.engine.network.predict import normalise
+    from napari_mpf.engine.training.augment import shading
+    from napari_mpf.engine.training.loss import make_batch
 
     sample = two_texture_sample((160, 160), seed=3)
     filters = {"smooth": [1.0], "gradient": [1.0], "hessian": [1.0]}
@@ -148,9 +148,9 @@ def test_shaded_filter_outputs_are_close_to_filtering_the_shaded_image():
 
 
 def test_intensity_jitter_leaves_a_first_stages_probabilities_alone():
-    from napari_mpf.engine.augment import intensity_jitter
-    from napari_mpf.engine.loss import make_batch
-    from napari_mpf.engine.predict import normalise
+    from napari_mpf.engine.network.predict import normalise
+    from napari_mpf.engine.training.augment import intensity_jitter
+    from napari_mpf.engine.training.loss import make_batch
 
     sample = two_texture_sample((64, 64), seed=3)
     first = Model.for_data([sample.image], [sample.strokes], spec="C3x3x4, MPF2x2, FC8", seed=0, filters="multiscale")

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from _cases import same_results_on_two_paths
 
-from napari_mpf.engine import Model, blocked, conv, gemm
-from napari_mpf.engine import kernels as K
+from napari_mpf.engine import Model
+from napari_mpf.engine.kernels import blocked, conv, gemm
+from napari_mpf.engine.kernels import layers as K
 
 
 @pytest.mark.parametrize("act", [K.ACT_NONE, K.ACT_TANH, K.ACT_RELU])

@@ -1,12 +1,12 @@
-"""The class-prior correction after training (engine/calibration.py and Trainer's ``calibrate``)."""
+"""The class-prior correction after training (engine/training/calibration.py and Trainer's ``calibrate``)."""
 
 import numpy as np
 import pytest
 
 from napari_mpf.engine import Model, TrainConfig, Trainer, fit, predict_proba
-from napari_mpf.engine.calibration import prior_shift, shift_model, shifted, unshift_model
-from napari_mpf.engine.heads import add_image_head
-from napari_mpf.engine.synthetic import two_texture_sample
+from napari_mpf.engine.network.heads import add_image_head
+from napari_mpf.engine.training.calibration import prior_shift, shift_model, shifted, unshift_model
+from napari_mpf.engine.training.synthetic import two_texture_sample
 
 SPEC = "C3x3x4, MPF2x2, C3x3x4, FC8"
 

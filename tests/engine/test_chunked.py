@@ -13,7 +13,9 @@ import zarr
 from _cases import make_image, randomise
 
 from napari_mpf.engine import InputError, Model, predict_logits, predict_proba, segment
-from napari_mpf.engine.chunked import (
+from napari_mpf.engine.io.volume import ArrayVolume, open_volume
+from napari_mpf.engine.post.objects import count_objects
+from napari_mpf.engine.scale import (
     CountSettings,
     ZarrPrediction,
     decode_probabilities,
@@ -22,8 +24,6 @@ from napari_mpf.engine.chunked import (
     predict_region,
     segment_dask,
 )
-from napari_mpf.engine.files import ArrayVolume, open_volume
-from napari_mpf.engine.objects import count_objects
 
 # (spec, channels, classes, activation, image (H, W), chunkings) — odd sizes, chunks smaller than the
 # window, one-pixel chunks, rectangular and 3x3 pooling, even windows, images smaller than the window

@@ -21,7 +21,7 @@ from napari_mpf.engine import (
     predict_proba,
     save_model,
 )
-from napari_mpf.engine.chunked import halo, predict_dask
+from napari_mpf.engine.scale import halo, predict_dask
 
 
 def _two_stages(dtype=np.float64, c=1, k=3, filters=None, seed=0):
@@ -94,7 +94,7 @@ def test_training_changes_only_the_second_stage_and_lowers_its_loss():
 
 def test_a_second_stage_that_cannot_take_the_heads_is_refused_before_training():
     from napari_mpf.engine import InputError
-    from napari_mpf.engine.heads import add_superpixel_branch
+    from napari_mpf.engine.network.heads import add_superpixel_branch
 
     image = np.zeros((20, 20), np.float32)
     labels = np.zeros((20, 20), np.int32)
@@ -134,8 +134,8 @@ def test_chunked_prediction_equals_whole_image_prediction(chunks):
 
 
 def test_superpixel_refinement_reads_the_normalised_image_channels_only():
-    from napari_mpf.engine.predict import normalise, refine_with_superpixels
-    from napari_mpf.engine.superpixels import refine_probabilities, slic_superpixels
+    from napari_mpf.engine.network.predict import normalise, refine_with_superpixels
+    from napari_mpf.engine.network.superpixels import refine_probabilities, slic_superpixels
 
     _, second = _two_stages(dtype=np.float32, filters={"smooth": [1.0], "gradient": [1.0], "hessian": []})
     image = make_image((30, 34), 1, seed=8).astype(np.float32)

@@ -9,9 +9,9 @@ import pytest
 import tifffile
 
 from napari_mpf.engine import InputError, Model, TrainConfig, Trainer, fit
-from napari_mpf.engine import dataset as D
-from napari_mpf.engine.dataset import PairDataset, model_for_dataset
-from napari_mpf.engine.synthetic import two_texture_sample
+from napari_mpf.engine.training import dataset as D
+from napari_mpf.engine.training.dataset import PairDataset, model_for_dataset
+from napari_mpf.engine.training.synthetic import two_texture_sample
 
 SPEC = "C3x3x4, MPF2x2, C3x3x4, FC8"
 
@@ -104,7 +104,7 @@ def test_label_suffixes():
 
 
 def test_a_streamed_second_stage_predicts_each_image_once_and_trains_as_in_memory(folder, monkeypatch):
-    T = importlib.import_module("napari_mpf.engine.train")  # the module (the package exports train())
+    T = importlib.import_module("napari_mpf.engine.training.train")  # the module (the package exports train())
     ds = PairDataset.from_folder(folder, cache=0)
     images, labels = ds.load_all()
     model = model_for_dataset(ds, spec=SPEC, seed=2)

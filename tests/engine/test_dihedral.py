@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_mpf.engine import Model, predict_proba
-from napari_mpf.engine.dihedral import dihedral, undo_dihedral
+from napari_mpf.engine.network.dihedral import dihedral, undo_dihedral
 
 
 def test_the_eight_transforms_are_distinct_and_undone():

@@ -20,11 +20,17 @@ from napari_mpf.engine import (
     save_model,
     train,
 )
-from napari_mpf.engine.chunked import predict_dask
-from napari_mpf.engine.dihedral import dihedral
-from napari_mpf.engine.features import FILTER_BANKS, apply_filters, check_filters, n_outputs, radius
-from napari_mpf.engine.network import mirror_indices
-from napari_mpf.engine.predict import normalise
+from napari_mpf.engine.network.dihedral import dihedral
+from napari_mpf.engine.network.features import (
+    FILTER_BANKS,
+    apply_filters,
+    check_filters,
+    n_outputs,
+    radius,
+)
+from napari_mpf.engine.network.padding import mirror_indices
+from napari_mpf.engine.network.predict import normalise
+from napari_mpf.engine.scale import predict_dask
 
 SMALL = {"smooth": [1.0, 2.5], "gradient": [1.0], "hessian": [1.5]}
 

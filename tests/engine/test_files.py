@@ -1,4 +1,4 @@
-"""Reading and writing images, labels and outputs (napari_mpf.engine.files)."""
+"""Reading and writing images, labels and outputs (napari_mpf.engine.io.files)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from napari_mpf.engine import InputError
-from napari_mpf.engine import files as F
+from napari_mpf.engine.io import files as F
 
 
 def _rng(seed=0):

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from _cases import same_results_on_two_paths
 
-from napari_mpf.engine import Model, blocked, gemm
-from napari_mpf.engine import kernels as K
+from napari_mpf.engine import Model
+from napari_mpf.engine.kernels import blocked, fc, gemm
+from napari_mpf.engine.kernels import layers as K
 
 
 @pytest.mark.parametrize("act", [K.ACT_NONE, K.ACT_TANH, K.ACT_RELU])
@@ -75,7 +76,8 @@ def test_fused_head_equals_the_layer_by_layer_pass(maps, painted, path, monkeypa
     """Without heads the last two 1x1 layers run as one kernel (forward, and backward by recomputing
     the hidden map, skipping blocks without gradient; Numba or, for wide inputs, BLAS products per
     block); with features requested they run apart. Same logits and gradients."""
-    from napari_mpf.engine.network import backward, forward, forward_features, pad_image
+    from napari_mpf.engine.network.mpf import backward, forward, forward_features
+    from napari_mpf.engine.network.padding import pad_image
 
     monkeypatch.setattr(gemm, "GEMM_HEAD_MIN_IN", 0 if path == "blas" else 10**9)
     monkeypatch.setattr(gemm, "HEAD_BLOCK", 500)  # several pixel blocks per fragment
@@ -83,7 +85,7 @@ def test_fused_head_equals_the_layer_by_layer_pass(maps, painted, path, monkeypa
     model = Model.create(f"C3x3x6, MPF2x2, C2x2x{maps}, FC12", 2, 3, seed=0, dtype=np.float64)
     rng = np.random.default_rng(3)
     shape = (96, 80)  # fragments of 48 x 40 pixels: several of the kernel's pixel blocks each
-    assert shape[0] * shape[1] // 4 > 3 * K._FC_BLOCK
+    assert shape[0] * shape[1] // 4 > 3 * fc._FC_BLOCK
     padded = pad_image(rng.normal(size=(2, *shape)), model.window, shape)
     fused, fused_cache = forward(model, padded, keep=True)
     apart, feats, apart_cache = forward_features(model, padded, keep=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_mpf.engine import Model, ModelFileError, load_model, predict_proba, save_model
-from napari_mpf.engine.modelfile import FORMAT_VERSION
+from napari_mpf.engine.io.modelfile import FORMAT_VERSION
 
 
 @pytest.fixture

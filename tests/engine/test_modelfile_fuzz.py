@@ -25,7 +25,7 @@ from napari_mpf.engine import (
     predict_proba,
     save_model,
 )
-from napari_mpf.engine.heads import add_image_head
+from napari_mpf.engine.network.heads import add_image_head
 
 
 def _model(filters: bool = False, context: bool = False) -> Model:

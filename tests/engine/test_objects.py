@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_mpf.engine.objects import FEATURE_COLUMNS, count_objects, defect_present
+from napari_mpf.engine.post.objects import FEATURE_COLUMNS, count_objects, defect_present
 
 
 def _disks(shape, centres, radius, value=0.9):

@@ -5,9 +5,9 @@ import pytest
 from _cases import make_image, make_labels, randomise
 
 from napari_mpf.engine import InputError, Model, TrainConfig, Trainer
-from napari_mpf.engine.loss import batch_loss, make_batch
-from napari_mpf.engine.predict import normalise
-from napari_mpf.engine.smoothness import contrast_weights, smoothness_loss
+from napari_mpf.engine.network.predict import normalise
+from napari_mpf.engine.training.loss import batch_loss, make_batch
+from napari_mpf.engine.training.smoothness import contrast_weights, smoothness_loss
 
 
 def test_flat_image_weighs_every_pair_inside_the_valid_part_the_same():

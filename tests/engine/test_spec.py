@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from napari_mpf.engine.spec import PRESETS, LayerSpec, SpecError, parse_spec
+from napari_mpf.engine.network.spec import PRESETS, LayerSpec, SpecError, parse_spec
 
 
 def _window_by_hand(text: str) -> tuple[int, int]:
@@ -146,7 +146,7 @@ def test_spec_error_is_value_error():
 
 def test_ambiguous_square_short_form_is_refused():
     """Issue 22: 'C5x5' meant a 5x5 kernel with 5 maps, silently."""
-    from napari_mpf.engine.spec import SpecError
+    from napari_mpf.engine.network.spec import SpecError
 
     with pytest.raises(SpecError, match="ambiguous.*C5x5x5"):
         parse_spec("C5x5, FC2")
@@ -155,7 +155,7 @@ def test_ambiguous_square_short_form_is_refused():
 
 def test_networks_too_large_are_refused_with_their_size():
     from napari_mpf.engine import Model
-    from napari_mpf.engine.spec import (
+    from napari_mpf.engine.network.spec import (
         MAX_NETWORK_BYTES,
         SpecError,
         check_network_size,

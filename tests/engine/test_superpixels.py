@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from napari_mpf.engine import InputError
-from napari_mpf.engine import superpixels as sp
+from napari_mpf.engine.network import superpixels as sp
 
 # (seed, C, H, W, S): random segment maps with ignored pixels; S > 2 also gets an empty id
 CASES = [

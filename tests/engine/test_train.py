@@ -12,7 +12,7 @@ from napari_mpf.engine import (
     predict_proba,
     segment,
 )
-from napari_mpf.engine.synthetic import two_texture_sample
+from napari_mpf.engine.training.synthetic import two_texture_sample
 
 TINY = "C3x3x4, MPF2x2, C3x3x6, FC8"
 
@@ -154,7 +154,7 @@ def test_user_labels_are_not_modified(sample):
 
 def test_crops_are_exact_boxes_of_the_whole_image():
     """A cropped batch gives the same loss as the whole image restricted to the crop's labels."""
-    from napari_mpf.engine.loss import batch_loss, crop_box, make_batch
+    from napari_mpf.engine.training.loss import batch_loss, crop_box, make_batch
 
     rng = np.random.default_rng(0)
     model = Model.create(TINY, 1, 2, seed=0, dtype=np.float64)
@@ -177,7 +177,7 @@ def test_crops_are_exact_boxes_of_the_whole_image():
 
 
 def test_global_balance_weighs_classes_by_their_frequency_in_the_whole_set():
-    from napari_mpf.engine.loss import masked_cross_entropy
+    from napari_mpf.engine.training.loss import masked_cross_entropy
 
     rng = np.random.default_rng(0)
     images = [rng.normal(size=(20, 20)) for _ in range(2)]
@@ -199,7 +199,7 @@ def test_global_balance_weighs_classes_by_their_frequency_in_the_whole_set():
 
 
 def test_default_learning_rate_is_smaller_for_deep_networks():
-    from napari_mpf.engine.optim import DEFAULT_LR, default_lr
+    from napari_mpf.engine.training.optim import DEFAULT_LR, default_lr
 
     assert default_lr("adam", 2) == DEFAULT_LR["adam"]
     assert default_lr("adam", 3) == pytest.approx(DEFAULT_LR["adam"] / 3)

@@ -1,9 +1,9 @@
-"""The uncertainty map and the least certain region (engine/uncertainty.py)."""
+"""The uncertainty map and the least certain region (engine/post/uncertainty.py)."""
 
 import numpy as np
 import pytest
 
-from napari_mpf.engine.uncertainty import least_certain, uncertainty
+from napari_mpf.engine.post.uncertainty import least_certain, uncertainty
 
 
 def test_uncertainty_is_one_minus_the_margin_and_finds_the_unsure_region():

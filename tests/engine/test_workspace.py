@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from napari_mpf.engine import Model
-from napari_mpf.engine.loss import batch_loss, make_batch
-from napari_mpf.engine.network import Workspace, backward, forward
+from napari_mpf.engine.network.mpf import Workspace, backward, forward
+from napari_mpf.engine.training.loss import batch_loss, make_batch
 
 
 def _batch(seed: int = 0):
@@ -49,7 +49,8 @@ def test_backward_refuses_a_cache_whose_buffers_were_reused():
 @pytest.mark.parametrize("spec", ["C3x3x4, FC5", "C3x3x4, MPF2x2, C2x2x4, FC5"])
 def test_forward_passes_do_not_alias_the_reused_buffers(spec):
     """Each forward pass returns its own arrays, even without pooling (where the map is a view)."""
-    from napari_mpf.engine.network import forward_features, pad_image
+    from napari_mpf.engine.network.mpf import forward_features
+    from napari_mpf.engine.network.padding import pad_image
 
     model = Model.create(spec, 1, 2, seed=0)
     rng = np.random.default_rng(0)

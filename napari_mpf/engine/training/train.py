@@ -16,19 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ..network.dihedral import dihedral
+from ..network.features import n_outputs
+from ..network.heads import add_image_head, add_superpixel_branch, has_heads
+from ..network.inputs import InputError, check_training_pairs
+from ..network.model import Model
+from ..network.mpf import Workspace
+from ..network.predict import normalise, predict_proba
+from ..network.spec import check_network_size, parse_spec
+from ..network.superpixels import slic_superpixels
 from .augment import elastic_deform, intensity_jitter, shading
 from .calibration import prior_shift, shift_model, shifted, unshift_model
-from .dihedral import dihedral
-from .features import n_outputs
-from .heads import has_heads
-from .inputs import InputError, check_training_pairs
 from .loss import Batch, batch_loss, crop_box, make_batch
-from .model import Model
-from .network import Workspace
 from .optim import OPTIMIZERS, default_lr, make_optimizer
-from .predict import normalise, predict_proba
-from .spec import check_network_size, parse_spec
-from .superpixels import slic_superpixels
 
 __all__ = ["CONTINUE_LR", "LIVE_STEPS", "TrainConfig", "Progress", "Trainer", "train", "fit"]
 
@@ -58,27 +58,27 @@ class TrainConfig:
     image up to 512² in every step: from a few strokes that learned more per second than 256² boxes
     at 4x the steps (benchmarks/loop.py). ``crop_by_class``: the crop's painted pixel
     is drawn class first, so rare classes are seen as often as common ones. ``elastic``: when above
-    0, every batch is elastically deformed (:mod:`~napari_mpf.engine.augment`) by smooth random
+    0, every batch is elastically deformed (:mod:`~napari_mpf.engine.training.augment`) by smooth random
     displacements with this standard deviation in pixels (0 = off). ``intensity``: when above 0,
     every batch's contrast and brightness change at random by up to this much
-    (:func:`~napari_mpf.engine.augment.intensity_jitter`; 0 = off). ``shading``: the same, but
-    varying smoothly across the batch like an uneven light (:func:`~napari_mpf.engine.augment.shading`;
+    (:func:`~napari_mpf.engine.training.augment.intensity_jitter`; 0 = off). ``shading``: the same, but
+    varying smoothly across the batch like an uneven light (:func:`~napari_mpf.engine.training.augment.shading`;
     0 = off). ``smoothness``: when above 0, the loss adds this much edge-aware smoothness of the
     probabilities over every pixel of the batch, painted or not, so that boundaries between sparse
-    strokes follow the image's edges (:mod:`~napari_mpf.engine.smoothness`; 0 = off).
+    strokes follow the image's edges (:mod:`~napari_mpf.engine.training.smoothness`; 0 = off).
     ``seconds``: train for about this long after the first step (which may include Numba's
     compilation) instead: ``steps`` is then only a cap, and after every
     step the planned step count (which the learning-rate schedule reads, and :class:`Progress`
     reports) is re-estimated from the recent step times and the time left, so the schedule ends
     when the time does, even if the machine's load changes (``None`` = a fixed number of steps).
     ``context``: a spec or preset for a second stage (auto-context, see
-    :class:`~napari_mpf.engine.model.Model`): the model trains for ``context_share`` of the steps
+    :class:`~napari_mpf.engine.network.model.Model`): the model trains for ``context_share`` of the steps
     (or of the seconds), then a new model of that spec, with the same activation, filters and
     heads, learns from the image and the first model's probabilities for the rest; :meth:`Trainer.run`
     returns that two-stage model (``None`` = one stage).
     ``calibrate``: at the end of a run (or a stop) the class scores are corrected by the class
     priors the network sees on the training images, and previews by those of the preview image
-    (:mod:`~napari_mpf.engine.calibration`; not with an image-level head).
+    (:mod:`~napari_mpf.engine.training.calibration`; not with an image-level head).
     A network that has trained before continues at ``CONTINUE_LR`` times the default learning rate.
     """
 
@@ -149,7 +149,7 @@ class Trainer:
     """Trains ``model`` in place on (image, labels) pairs; :meth:`run` is the generator.
 
     ``images`` may also be a streaming data set (``labels=None``), such as
-    :class:`~napari_mpf.engine.dataset.PairDataset`: anything with ``len()``, ``check(in_channels,
+    :class:`~napari_mpf.engine.training.dataset.PairDataset`: anything with ``len()``, ``check(in_channels,
     n_classes)``, ``usable`` (indices of painted pairs) and ``pair(i) -> (image, labels)``; then one
     pair is loaded per step and the data set never has to fit in memory.
     """
@@ -235,8 +235,6 @@ class Trainer:
 
     def _next_stage(self, first: Model) -> Model:
         """A new model of ``config.context`` whose input is the image and ``first``'s probabilities."""
-        from .heads import add_image_head, add_superpixel_branch
-
         seed = int(first.provenance.get("seed", self.config.seed)) + 1
         model = Model.create(self.config.context, first.in_channels, first.n_classes, first.activation, seed,
                              first.class_names, first.dtype, first.filters, context=first)

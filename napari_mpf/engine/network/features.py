@@ -9,7 +9,7 @@ no parameters.
 
 The filters are local (a Gaussian truncated at 4 sigma, then central or second differences), and
 the image is mirror-extended the same way as for the network's window
-(:func:`~napari_mpf.engine.network.mirror_indices`), so a region read with :func:`radius` extra
+(:func:`~napari_mpf.engine.network.padding.mirror_indices`), so a region read with :func:`radius` extra
 pixels on every side gives the same features as the whole image.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .inputs import InputError
+from .padding import mirror_indices
 
 __all__ = ["FILTER_BANKS", "check_filters", "n_outputs", "radius", "apply_filters", "offset_follows"]
 
@@ -90,8 +91,6 @@ def apply_filters(x: np.ndarray, filters: dict | None, extended: bool = False) -
     """
     if not filters:
         return x
-    from .network import mirror_indices
-
     r = radius(filters)
     if extended:
         if x.shape[1] <= 2 * r or x.shape[2] <= 2 * r:

@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .features import n_outputs, offset_follows
+from ..network.features import n_outputs, offset_follows
+from ..network.model import Model
+from ..network.superpixels import relabel
 from .loss import Batch
-from .model import Model
-from .superpixels import relabel
 
 __all__ = ["GRID_SPACING", "elastic_deform", "displacement_field", "intensity_jitter", "shading"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import blocked, gemm
-from . import kernels as K
+from . import blocked, fc, gemm
+from . import layers as K
 
 __all__ = ["forward", "input_grad", "weight_grad", "fc_pair_forward", "fc_pair_backward"]
 
@@ -44,11 +44,11 @@ def fc_pair_forward(x, w1, b1, act, w2, b2, out):
     """The last two 1x1 layers at once on flattened ``(F, C, N)`` planes (see kernels.fc_pair_forward)."""
     if gemm.use_gemm_head(w1):
         return gemm.fc_pair_forward(x, w1, b1, act, w2, b2, out)
-    return K.fc_pair_forward(x, w1, b1, act, w2, b2, out)
+    return fc.fc_pair_forward(x, w1, b1, act, w2, b2, out)
 
 
 def fc_pair_backward(x, w1, b1, act, w2, g, gw1, gb1, gw2, gb2, gx):
     """Gradients of :func:`fc_pair_forward` (see kernels.fc_pair_backward)."""
     if gemm.use_gemm_head(w1):
         return gemm.fc_pair_backward(x, w1, b1, act, w2, g, gw1, gb1, gw2, gb2, gx)
-    return K.fc_pair_backward(x, w1, b1, act, w2, g, gw1, gb1, gw2, gb2, gx)
+    return fc.fc_pair_backward(x, w1, b1, act, w2, g, gw1, gb1, gw2, gb2, gx)

@@ -1,4 +1,4 @@
-"""The weights file: an ``.npz`` (no pickle) with a JSON header; see README "Model file format"."""
+"""The weights file: an ``.npz`` (no pickle) with a JSON header; see docs/model-file.md."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..network.features import check_filters, n_outputs
+from ..network.model import Model
+from ..network.spec import LayerSpec, SpecError, check_network_size, resolve_spec
 from .atomic import make_temp
-from .features import check_filters, n_outputs
-from .model import Model
-from .spec import LayerSpec, SpecError, check_network_size, resolve_spec
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MODEL_SUFFIX", "ModelFileError", "save_model", "load_model", "model_header"]
 
@@ -105,7 +105,7 @@ def save_model(model: Model, path: str | os.PathLike) -> Path:
 
 
 #: the smallest ``norm_std`` / ``filter_std`` a model file may hold (a trained model's are at least
-#: 1e-6, see :func:`~napari_mpf.engine.model.normalisation_from`); smaller ones overflow float32
+#: 1e-6, see :func:`~napari_mpf.engine.network.model.normalisation_from`); smaller ones overflow float32
 MIN_STD = 1e-8
 #: errors that mean a file's content does not make a model (all become :class:`ModelFileError`)
 _CONTENT_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, SpecError,

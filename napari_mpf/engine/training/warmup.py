@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from .model import Model
-from .predict import predict_proba
-from .spec import DEFAULT_PRESET
+from ..network.model import Model
+from ..network.predict import predict_proba
+from ..network.spec import DEFAULT_PRESET
 from .train import TrainConfig, Trainer
 
 __all__ = ["warm_up"]

@@ -6,14 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .heads import has_heads, image_loss, model_backward, model_forward
-from .inputs import as_labels
-from .kernels import softmax_cross_entropy
-from .model import Model
-from .network import Workspace, backward, forward, mirror_indices, padded_size
-from .predict import normalise
+from ..kernels.layers import softmax_cross_entropy
+from ..network.heads import has_heads, image_loss, model_backward, model_forward
+from ..network.inputs import as_labels
+from ..network.model import Model
+from ..network.mpf import Workspace, backward, forward
+from ..network.padding import mirror_indices, padded_size
+from ..network.predict import normalise
+from ..network.superpixels import relabel, slic_superpixels
 from .smoothness import contrast_weights, smoothness_loss
-from .superpixels import relabel, slic_superpixels
 
 __all__ = ["Batch", "batch_loss", "crop_box", "labelled_box", "loss_and_gradients", "make_batch", "masked_cross_entropy"]
 
@@ -176,12 +177,12 @@ def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool
                smoothness: float = 0.0):
     """``(loss, grad_weights, grad_biases)`` on a batch; the gradients are ``None`` without ``need_grad``.
 
-    A :class:`~napari_mpf.engine.network.Workspace` reused from step to step saves the page faults
+    A :class:`~napari_mpf.engine.network.mpf.Workspace` reused from step to step saves the page faults
     of fresh activation buffers.
 
     With an image-level head the loss adds its weighted sigmoid cross entropy on the known targets.
     ``smoothness`` > 0 adds that much edge-aware smoothness over every pixel of the batch
-    (:mod:`~napari_mpf.engine.smoothness`).
+    (:mod:`~napari_mpf.engine.training.smoothness`).
     """
     if not has_heads(model):
         logits, cache = forward(model, batch.padded, keep=need_grad, workspace=workspace)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import kernels as K
-from .kernels import _OPTS
+from . import layers as K
+from .layers import _OPTS
 
 __all__ = ["use_blocked", "conv_forward"]
 

@@ -6,7 +6,7 @@ but the pair in use (and a small cache): :meth:`PairDataset.scan` reads the labe
 find the classes, the painted pairs and the channels, :meth:`PairDataset.normalisation` streams the
 images once for the per-channel mean and standard deviation, and :meth:`PairDataset.pair` loads
 pair ``i`` checked and ready for the engine. So a whole annotated data set can train a model
-without fitting in memory: the :class:`~napari_mpf.engine.train.Trainer` takes one pair per step.
+without fitting in memory: the :class:`~napari_mpf.engine.training.train.Trainer` takes one pair per step.
 
 Pairs in a folder (:meth:`PairDataset.from_folder`):
 
@@ -18,24 +18,17 @@ Pairs in a folder (:meth:`PairDataset.from_folder`):
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .files import (
-    FOLDER_EXTENSIONS,
-    MAX_CLASSES,
-    READ_EXTENSIONS,
-    _natural_key,
-    open_volume,
-    read_labels,
-)
-from .inputs import InputError, as_image, as_labels
-from .model import Model, normalisation_from
+from ..io.read import FOLDER_EXTENSIONS, MAX_CLASSES, READ_EXTENSIONS, natural_key, read_labels
+from ..io.volume import open_volume
+from ..lru import LRUCache
+from ..network.inputs import InputError, as_image, as_labels
+from ..network.model import Model, normalisation_from
 
 __all__ = ["PairDataset", "DatasetInfo", "model_for_dataset"]
 
@@ -79,9 +72,7 @@ class PairDataset(Sequence):
         self.image_key, self.labels_key = image_key, labels_key
         self.label_offset = int(label_offset)
         self.channels_first = channels_first
-        self._cache_size = max(0, int(cache))
-        self._cache: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache: LRUCache[tuple[np.ndarray, np.ndarray]] = LRUCache(cache)
         self._info: DatasetInfo | None = None
         # index: pair -> (file, slice or None); opening a volume reads only its header
         self.index: list[tuple[int, int | None]] = []
@@ -150,20 +141,10 @@ class PairDataset(Sequence):
         if not -len(self) <= i < len(self):
             raise IndexError(f"pair {i} of {len(self)}")
         i %= len(self)
-        with self._lock:
-            if i in self._cache:
-                self._cache.move_to_end(i)
-                return self._cache[i]
-        value = self._load(i)
-        if self._cache_size:
-            with self._lock:
-                self._cache[i] = value
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return value
+        return self._cache.get_or_compute(i, lambda: self._load(i))
 
     def load_all(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """All pairs in memory, as the lists :class:`~napari_mpf.engine.train.Trainer` takes today."""
+        """All pairs in memory, as the lists :class:`~napari_mpf.engine.training.train.Trainer` takes today."""
         pairs = [self._load(i) for i in range(len(self))]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
@@ -190,7 +171,7 @@ class PairDataset(Sequence):
         return self._info
 
     def check(self, in_channels: int | None = None, n_classes: int | None = None) -> DatasetInfo:
-        """Like :func:`~napari_mpf.engine.inputs.check_training_pairs`, streaming: strokes of at least
+        """Like :func:`~napari_mpf.engine.network.inputs.check_training_pairs`, streaming: strokes of at least
         two classes, the model's channels, no class above ``n_classes``."""
         info = self.scan()
         if not info.classes:
@@ -209,7 +190,7 @@ class PairDataset(Sequence):
 
     def normalisation(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and standard deviation over all images, one image at a time (as
-        :func:`~napari_mpf.engine.model.normalisation_from` computes them in memory)."""
+        :func:`~napari_mpf.engine.network.model.normalisation_from` computes them in memory)."""
         return normalisation_from(self.pair(i)[0] for i in range(len(self)))
 
 
@@ -230,7 +211,7 @@ def model_for_dataset(dataset: PairDataset, spec="fast", activation: str = "tanh
 def _files(folder: Path) -> list[Path]:
     exts = set(FOLDER_EXTENSIONS) | set(READ_EXTENSIONS)
     files = [p for p in folder.iterdir() if not p.name.startswith(".") and (p.is_file() and p.suffix.lower() in exts)]
-    return sorted(files, key=_natural_key)
+    return sorted(files, key=natural_key)
 
 
 def _stem(p: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,9 +11,12 @@ from .dihedral import dihedral, undo_dihedral
 from .features import apply_filters
 from .heads import PooledFeatures, has_heads
 from .inputs import InputError, as_image
-from .model import Model
-from .network import forward, forward_features, pad_image, padded_size
+from .mpf import forward, forward_features
+from .padding import pad_image, padded_size
 from .superpixels import refine_probabilities, slic_superpixels, sp_broadcast
+
+if TYPE_CHECKING:  # annotations only: a Model is above the arithmetic that evaluates it
+    from .model import Model
 
 __all__ = [
     "DEFAULT_TILE",
@@ -39,7 +43,7 @@ def normalise(model: Model, image, extended: bool = False, staged: bool = False)
     statistics, in the model's dtype, followed by its input filters' outputs (standardised with
     ``filter_mean``/``filter_std``) when the model has them; the first ``C`` channels stay the
     normalised image. ``extended``: ``image`` is a region
-    that holds the filters' context (:func:`~napari_mpf.engine.features.radius` pixels each side),
+    that holds the filters' context (:func:`~napari_mpf.engine.network.features.radius` pixels each side),
     which the result drops. ``staged``: ``image`` already is the stage input (required with
     ``extended`` for a model with a ``context``, whose probabilities need the whole image)."""
     if model.context is not None and not staged:

@@ -18,7 +18,7 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from . import kernels as K
+from . import layers as K
 
 __all__ = ["use_gemm", "use_gemm_head", "conv_forward", "conv_backward", "fc_pair_forward", "fc_pair_backward"]
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .features import apply_filters, check_filters, n_outputs
-from .inputs import check_training_pairs
+from .inputs import as_image, check_training_pairs
+from .predict import predict_proba
 from .spec import DEFAULT_PRESET, NetworkSpec, SpecError, check_network_size, parse_spec
 
 __all__ = ["Model"]
@@ -65,9 +66,6 @@ class Model:
         """The checked ``(C, H, W)`` image, followed with a ``context`` model by that model's
         probabilities of classes ``2..K`` (raw, before this model's normalisation).
         ``probabilities``: the context model's ``(K, H, W)`` for these pixels, if already computed."""
-        from .inputs import as_image
-        from .predict import predict_proba
-
         x = as_image(image, self.in_channels)
         if self.context is None:
             return x

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import operator
-import threading
-from collections import OrderedDict
 
 import numpy as np
 from numba import njit, prange
 
+from ..kernels.layers import _OPTS
+from ..lru import LRUCache
 from .inputs import InputError
-from .kernels import _OPTS
 
 __all__ = [
     "clear_superpixel_cache",
@@ -36,8 +35,7 @@ __all__ = [
 
 MODES = ("max", "mean")
 _CACHE_SIZE = 32
-_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
-_cache_lock = threading.Lock()
+_SLIC: LRUCache[np.ndarray] = LRUCache(_CACHE_SIZE)  # read-only results; callers get copies
 
 
 # --------------------------------------------------------------------------------------- kernels
@@ -341,28 +339,22 @@ def slic_superpixels(image: np.ndarray, size: float, compactness: float = 0.3) -
     img = _slic_image(image)
     size, compactness = _positive(size, "size"), _positive(compactness, "compactness")
     key = (_digest(img), size, compactness)
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is not None:
-            _cache.move_to_end(key)
-            return hit.copy()
+    hit = _SLIC.get(key)
+    if hit is not None:
+        return hit.copy()
     h, w = img.shape[1:]
     n_segments = min(h * w, max(1, round(h * w / size)))
     labels = _run_slic(img, n_segments, compactness)
     _, inverse = np.unique(labels, return_inverse=True)
     result = inverse.reshape(h, w).astype(np.int32)
     result.flags.writeable = False
-    with _cache_lock:
-        _cache[key] = result
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
+    _SLIC.put(key, result)
     return result.copy()
 
 
 def clear_superpixel_cache() -> None:
     """Forget every cached SLIC result."""
-    with _cache_lock:
-        _cache.clear()
+    _SLIC.clear()
 
 
 def _run_slic(image: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .model import Model
+from ..network.model import Model
 
 __all__ = ["PRIOR_FLOOR", "prior_shift", "shift_model", "unshift_model", "shifted"]
 

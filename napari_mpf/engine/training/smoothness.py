@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .predict import softmax
+from ..network.predict import softmax
 
 __all__ = ["contrast_weights", "smoothness_loss"]
 

@@ -10,43 +10,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import conv
-from . import kernels as K
-from .model import Model
+from ..kernels import conv, fc
+from ..kernels import layers as K
 
-__all__ = [
-    "mirror_indices", "pad_image", "padded_size", "forward", "forward_features", "backward", "Cache", "Workspace",
-]
+if TYPE_CHECKING:  # annotations only: a Model is above the arithmetic that evaluates it
+    from .model import Model
 
-
-def mirror_indices(n: int, before: int, after: int) -> np.ndarray:
-    """Indices of a mirror ('reflect', edge not repeated) padding of an axis of length ``n``."""
-    idx = np.arange(-before, n + after)
-    if n == 1:
-        return np.zeros_like(idx)
-    period = 2 * n - 2
-    idx = np.mod(idx, period)
-    return np.where(idx < n, idx, period - idx)
-
-
-def pad_image(x: np.ndarray, window: tuple[int, int], out_shape: tuple[int, int]) -> np.ndarray:
-    """Mirror-pad a ``(C, H, W)`` image so that outputs ``[0, out_h) x [0, out_w)`` can be computed.
-
-    ``out_shape`` may exceed ``(H, W)``; the extra outputs are discarded by the caller.
-    """
-    _, h, w = x.shape
-    (wh, ww), (oh, ow) = window, out_shape
-    rows = mirror_indices(h, wh // 2, oh - h + wh - 1 - wh // 2)
-    cols = mirror_indices(w, ww // 2, ow - w + ww - 1 - ww // 2)
-    return np.ascontiguousarray(x[:, rows[:, None], cols[None, :]])
-
-
-def padded_size(n: int, factor: int) -> int:
-    """Smallest multiple of ``factor`` that is at least ``n``."""
-    return -(-n // factor) * factor
+__all__ = ["forward", "forward_features", "backward", "Cache", "Workspace"]
 
 
 class Workspace:
@@ -198,7 +172,7 @@ def forward_features(
             kh, kw = wgt.shape[2:]
             out = new("out", (f, wgt.shape[0], h - kh + 1, w - kw + 1))
             if wgt.shape[2:] == (1, 1):
-                K.conv1x1_forward(_flat(x), wgt[:, :, 0, 0], bias, acts[li], _flat(out))
+                fc.conv1x1_forward(_flat(x), wgt[:, :, 0, 0], bias, acts[li], _flat(out))
             else:
                 conv.forward(x, wgt, bias, acts[li], out)
             if keep:

@@ -1,0 +1,1 @@
+"""Files: reading images and labels, writing outputs, lazy volumes, the model file, atomic writes."""

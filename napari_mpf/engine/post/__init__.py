@@ -1,0 +1,1 @@
+"""After prediction: object counts and uncertainty."""

@@ -1,0 +1,66 @@
+"""Beyond memory: chunked, lazy and distributed prediction with dask, exactly equal to whole-image
+prediction.
+
+Output pixel ``(y, x)`` of an image depends on the window ``padded[:, y:y+wh, x:x+ww]`` of the image
+mirror-padded (NumPy ``mode="reflect"``: the edge pixel is not repeated) by ``wh // 2`` rows before
+and ``wh - 1 - wh // 2`` after (columns likewise). A chunk of outputs ``[y0, y1) x [x0, x1)``
+therefore needs rows ``[y0 - wh // 2, y1 + wh - 1 - wh // 2)`` of the *mirror-extended whole image*:
+real neighbouring pixels inside the image, mirrored pixels only beyond its true border. Evaluated
+from that region, every output pixel goes through the same arithmetic as in
+:func:`~napari_mpf.engine.network.predict.predict_proba`, so the results agree to float rounding (in
+practice bit for bit) whatever the chunking, including chunks smaller than the window.
+
+Three ways to use it:
+
+- :func:`predict_dask`: a lazy dask array of probabilities (or labels) for a dask/NumPy/zarr array of
+  2-D images or a stack of them (``dask.array.map_overlap`` with a halo of the window's half-size and
+  ``boundary="none"``; the mirror padding at the true border is done inside the block, because
+  dask's ``"reflect"`` boundary repeats the edge pixel, NumPy's ``"symmetric"``).
+- :func:`predict_region`: the building block, one region of one image, from a reader function.
+- :class:`ZarrPrediction`: a whole volume (:class:`~napari_mpf.engine.io.volume.Volume`: a TIFF stack,
+  zarr store, folder of images or an in-memory array) written to a zarr store chunk by chunk, as a
+  dask graph of independent tasks (one per output chunk, each reading its own region with the halo
+  from the source) that runs on dask's local scheduler or on a ``dask.distributed`` cluster, with
+  progress, stop and resume (finished chunks are skipped when the run is restarted), plus per-slice
+  object counts (:mod:`napari_mpf.engine.post.objects`).
+
+Output store layout (zarr v3 group): ``probabilities`` ``(Z, K, H, W)`` (uint8 = round(255 p),
+float16 or float32), ``segmentation`` ``(Z, H, W)`` uint8 labels 1..K, ``class_pixels``
+``(Z, ny, nx, K)`` int64 pixels per class of every output chunk (-1 = chunk not finished: the
+resume marker, written last), and with counting ``counts`` ``(Z, 3)`` int64 (objects, object pixels,
+defect present; -1 = not counted). The group's ``napari_mpf`` attribute holds the class names, the
+model, the source and the encoding.
+"""
+
+from __future__ import annotations
+
+from .counts import CountSettings, write_counts_csv
+from .lazy import predict_dask, segment_dask
+from .region import halo, numba_threads, predict_region, predict_tile_logits, threads_per_task
+from .run import RunProgress, ZarrPrediction
+from .store import (
+    PROB_DTYPES,
+    decode_probabilities,
+    encode_probabilities,
+    model_token,
+    open_prediction,
+)
+
+__all__ = [
+    "PROB_DTYPES",
+    "halo",
+    "numba_threads",
+    "threads_per_task",
+    "predict_tile_logits",
+    "predict_region",
+    "predict_dask",
+    "segment_dask",
+    "model_token",
+    "encode_probabilities",
+    "decode_probabilities",
+    "CountSettings",
+    "RunProgress",
+    "ZarrPrediction",
+    "open_prediction",
+    "write_counts_csv",
+]

@@ -1,0 +1,1 @@
+"""Training: losses, augmentation, optimisers, calibration, data sets of files, the Trainer, warm-up."""
