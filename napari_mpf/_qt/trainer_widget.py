@@ -18,7 +18,7 @@ from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
 from .._layer_style import class_names_from_features
-from ..engine.training.warmup import warm_up
+from ..engine.training.warmup import prepare
 from .controller import Controller, TrainingSet, TrainSettings, UserError
 from .form import SMALL_SPEC, TrainerForm
 from .jobs import Jobs
@@ -101,7 +101,7 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
             self.timings["warm_up"] = float(seconds)
             self._engine_ready_now(f"Engine ready ({seconds:.1f} s to prepare).")
 
-        self.jobs.start("warm_up", warm_up, TrainSettings.spec, on_return=done,
+        self.jobs.start("warm_up", prepare, TrainSettings.spec, on_return=done,
                         on_error=lambda exc: self._engine_ready_now(f"Could not prepare the engine ahead: {exc}"))
 
     def _engine_ready_now(self, text: str) -> None:
