@@ -6,37 +6,29 @@ import os
 # run on BLAS): a passive wait policy, read once when libgomp loads, avoids a several-fold slow-down.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .io.modelfile import ModelFileError, load_model, model_header, save_model
-from .network.inputs import InputError, as_image, as_labels
+from .io.modelfile import ModelFileError, load_model, save_model
+from .io.volume import open_volume
+from .network.inputs import InputError
 from .network.model import Model
-from .network.predict import predict_logits, predict_proba, segment, softmax
-from .network.spec import PRESETS, LayerSpec, NetworkSpec, SpecError, parse_spec
-from .training.loss import loss_and_gradients, masked_cross_entropy
+from .network.predict import predict_logits, predict_proba, segment
+from .network.spec import PRESETS, SpecError, parse_spec
+from .scale import ZarrPrediction, predict_dask
+from .training.dataset import PairDataset
 from .training.train import Progress, TrainConfig, Trainer, fit, train
 
+#: the public API: a network (Model, its spec), training, prediction, model files, big volumes.
+#: Everything else is importable from its sub-package (kernels, network, io, training, scale, post).
 __all__ = [
-    "InputError",
-    "LayerSpec",
-    "Model",
-    "ModelFileError",
-    "NetworkSpec",
-    "PRESETS",
-    "Progress",
-    "SpecError",
-    "TrainConfig",
-    "Trainer",
-    "as_image",
-    "as_labels",
-    "fit",
-    "load_model",
-    "loss_and_gradients",
-    "masked_cross_entropy",
-    "model_header",
-    "parse_spec",
-    "predict_logits",
-    "predict_proba",
-    "save_model",
-    "segment",
-    "softmax",
-    "train",
+    # the network
+    "Model", "parse_spec", "PRESETS",
+    # training
+    "TrainConfig", "Trainer", "Progress", "fit", "train", "PairDataset",
+    # prediction
+    "predict_proba", "predict_logits", "segment",
+    # model files
+    "save_model", "load_model",
+    # big volumes (dask, zarr)
+    "open_volume", "predict_dask", "ZarrPrediction",
+    # errors a user can fix
+    "InputError", "SpecError", "ModelFileError",
 ]

@@ -108,7 +108,8 @@ def allclose_scaled(actual, desired, rtol: float, what: str = "") -> None:
 def same_results_on_two_paths(model, image, labels, use_first, use_second) -> None:
     """Logits, loss and gradients of ``model`` agree when computed after ``use_first()`` and after
     ``use_second()`` (each switches the kernels used, e.g. through monkeypatch)."""
-    from napari_mpf.engine import loss_and_gradients, predict_logits
+    from napari_mpf.engine import predict_logits
+    from napari_mpf.engine.training.loss import loss_and_gradients
 
     results = []
     for use in (use_first, use_second):

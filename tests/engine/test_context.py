@@ -16,12 +16,12 @@ from napari_mpf.engine import (
     TrainConfig,
     Trainer,
     load_model,
-    loss_and_gradients,
     predict_logits,
     predict_proba,
     save_model,
 )
 from napari_mpf.engine.scale import halo, predict_dask
+from napari_mpf.engine.training.loss import loss_and_gradients
 
 
 def _two_stages(dtype=np.float64, c=1, k=3, filters=None, seed=0):

@@ -15,7 +15,8 @@ import pytest
 from _cases import CASE_IDS, CASES, allclose_scaled, make_image, make_labels, randomise
 from reference import fake_model, normalise, ref_logits, ref_loss_and_gradients
 
-from napari_mpf.engine import Model, loss_and_gradients, parse_spec, predict_logits, predict_proba
+from napari_mpf.engine import Model, parse_spec, predict_logits, predict_proba
+from napari_mpf.engine.training.loss import loss_and_gradients
 
 RTOL64 = 1e-9
 RTOL32 = 1e-5  # float32 forward (observed <= 1.3e-6 relative to max |logit|)

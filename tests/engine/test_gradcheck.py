@@ -12,7 +12,8 @@ import pytest
 from _cases import make_image, make_labels, randomise
 from reference import fake_model, ref_logits, ref_loss, ref_loss_and_gradients
 
-from napari_mpf.engine import Model, loss_and_gradients, parse_spec
+from napari_mpf.engine import Model, parse_spec
+from napari_mpf.engine.training.loss import loss_and_gradients
 
 EPS = 1e-6
 

@@ -16,13 +16,12 @@ from napari_mpf.engine import (
     TrainConfig,
     Trainer,
     load_model,
-    loss_and_gradients,
     save_model,
 )
 from napari_mpf.engine.network.heads import add_image_head, add_superpixel_branch
 from napari_mpf.engine.network.predict import predict, predict_proba
 from napari_mpf.engine.network.spec import resolve_spec
-from napari_mpf.engine.training.loss import make_batch
+from napari_mpf.engine.training.loss import loss_and_gradients, make_batch
 
 SPECS = [
     ("C3x3x4, MPF2x2, C2x2x5, FC7, FC3", 1, 3),
