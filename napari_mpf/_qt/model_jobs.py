@@ -210,8 +210,12 @@ class ModelJobs:
             path = path.with_name(path.name + MODEL_SUFFIX)
         try:
             out = save_model(model, path)
+        except ModelFileError as exc:
+            reason = str(exc).removeprefix(f"{path}: ")
+            self._error(f"{reason[:1].upper()}{reason[1:]} (cannot write the model {path.name}).")
+            return None
         except OSError as exc:
-            self._error(f"Cannot write the model to {path}: {exc}")
+            self._error(f"{exc.strerror or exc} (cannot write the model {path.name} into {path.parent}).")
             return None
         self._say(f"Model exported to {out}.")
         return Path(out)

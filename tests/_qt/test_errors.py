@@ -8,6 +8,7 @@ from qt_helpers import add_pair, train_and_wait
 
 from napari_mpf._qt.controller import Controller, UserError
 from napari_mpf._sample_data import blobs
+from napari_mpf.engine import Model
 
 
 def _last_error(notes):
@@ -107,6 +108,15 @@ def test_no_model_to_apply_or_export(viewer_widget, tmp_path, notes):
     assert "No model to export" in _last_error(notes)
     assert w.count() is None
     assert "No probability map for 'img'" in _last_error(notes)
+
+
+def test_export_into_a_missing_folder_says_why_first(viewer_widget, tmp_path, notes):
+    _, w = viewer_widget
+    w.controller.model = Model.create("C3x3x4, MPF2x2, C3x3x4, FC8", 1, 2, seed=0)
+    assert w.export_model(tmp_path / "nowhere" / "m") is None
+    text = _last_error(notes)
+    assert "does not exist" in text and text.endswith("(cannot write the model m.mpf.npz).")
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_wrong_layer_types(make_napari_viewer):
