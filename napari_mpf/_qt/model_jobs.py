@@ -22,17 +22,23 @@ class ModelJobs:
     """Mixin of :class:`~napari_mpf._qt.trainer_widget.TrainerWidget`: what the model is applied to."""
 
     # ----------------------------------------------------------------- prediction and objects
+    def _model_to_apply(self, notify: bool):
+        """The current model if a prediction may start now, else None (and the reason said)."""
+        if self.jobs.running("predict"):
+            self._say("A prediction is already running.", "warning", notify)
+            return None
+        if self.controller.model is None:
+            self._error("No model yet: train one (Train) or import a model file (Import…).", notify)
+        return self.controller.model
+
     def predict(self, image_layer=None, slices=None, notify: bool = True, *_):
         """Apply the current model to ``image_layer`` (default: the chosen image; all slices) in a worker."""
         if not isinstance(image_layer, Image):
             image_layer, slices = self.image_combo.layer(), None
-        if self.jobs.running("predict"):
-            self._say("A prediction is already running.", "warning", notify)
+        model = self._model_to_apply(notify)
+        if model is None:
             return None
-        model = self.controller.model
         try:
-            if model is None:
-                raise UserError("No model yet: train one (Train) or import a model file (Import…).")
             info = self.controller.check_model_fits_image(model, image_layer)
         except UserError as exc:
             self._error(str(exc), notify)
@@ -101,13 +107,10 @@ class ModelJobs:
         the same path resumes). Returns the worker (None if not started)."""
         if not isinstance(image_layer, Image):
             image_layer = self.image_combo.layer()
-        if self.jobs.running("predict"):
-            self._say("A prediction is already running.", "warning", notify)
+        model = self._model_to_apply(notify)
+        if model is None:
             return None
-        model = self.controller.model
         try:
-            if model is None:
-                raise UserError("No model yet: train one (Train) or import a model file (Import…).")
             if image_layer is None:
                 raise UserError("No image layer to predict.")
             job = self.controller.zarr_job(model, image_layer, path, prob_dtype, self.count_settings())

@@ -1,14 +1,9 @@
 """Beyond memory: chunked, lazy and distributed prediction with dask, exactly equal to whole-image
 prediction.
 
-Output pixel ``(y, x)`` of an image depends on the window ``padded[:, y:y+wh, x:x+ww]`` of the image
-mirror-padded (NumPy ``mode="reflect"``: the edge pixel is not repeated) by ``wh // 2`` rows before
-and ``wh - 1 - wh // 2`` after (columns likewise). A chunk of outputs ``[y0, y1) x [x0, x1)``
-therefore needs rows ``[y0 - wh // 2, y1 + wh - 1 - wh // 2)`` of the *mirror-extended whole image*:
-real neighbouring pixels inside the image, mirrored pixels only beyond its true border. Evaluated
-from that region, every output pixel goes through the same arithmetic as in
-:func:`~napari_mpf.engine.network.predict.predict_proba`, so the results agree to float rounding (in
-practice bit for bit) whatever the chunking, including chunks smaller than the window.
+Every output pixel is computed from the region of the mirror-extended whole image its window
+reads (:mod:`.region`), so results equal :func:`~napari_mpf.engine.network.predict.predict_proba`'s
+whatever the chunking.
 
 Three ways to use it:
 
