@@ -14,6 +14,7 @@ import tifffile
 from cli_helpers import run, user_error
 
 from napari_mpf import cli
+from napari_mpf.cli import train as cli_train
 from napari_mpf.engine import load_model, predict_proba, save_model
 from napari_mpf.engine.training.synthetic import two_texture_sample
 
@@ -144,9 +145,9 @@ def test_label_offset_and_sample_labels(data, capsys):
 def test_sample_labels_is_seeded_and_keeps_a_fraction():
     rng = np.random.default_rng(5)
     masks = [rng.integers(0, 3, (50, 60)) for _ in range(2)]
-    a = cli._sample_labels(masks, 0.1, seed=7)
-    b = cli._sample_labels(masks, 0.1, seed=7)
-    c = cli._sample_labels(masks, 0.1, seed=8)
+    a = cli_train.sample_labels(masks, 0.1, seed=7)
+    b = cli_train.sample_labels(masks, 0.1, seed=7)
+    c = cli_train.sample_labels(masks, 0.1, seed=8)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not np.array_equal(a[0], c[0])
     for m, s in zip(masks, a, strict=True):
@@ -169,7 +170,7 @@ def test_ctrl_c_stops_after_the_step_and_saves(data, capsys, monkeypatch):
             yield next(gen)
 
     handler = signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(cli, "Trainer", Interrupted)  # the name the command line imported
+    monkeypatch.setattr(cli_train, "Trainer", Interrupted)  # the name the command line imported
     code, out, err = run(capsys, *train_args(data, out="int.npz"))
     assert code == 130
     assert "trained 2 step(s)" in out and "stopped early" in out and "stopping after this step" in err
@@ -190,7 +191,7 @@ def test_second_ctrl_c_aborts_without_saving(data, capsys, monkeypatch):
             signal.raise_signal(signal.SIGINT)
             yield next(gen)
 
-    monkeypatch.setattr(cli, "Trainer", Aborted)
+    monkeypatch.setattr(cli_train, "Trainer", Aborted)
     code, out, err = run(capsys, *train_args(data, out="abort.npz"))
     assert code == 130 and "aborted" in err
     assert not (data / "abort.npz").exists()

@@ -18,6 +18,7 @@ import tifffile
 from cli_helpers import run, user_error
 
 from napari_mpf import cli, cli_checks
+from napari_mpf.cli import train as cli_train
 from napari_mpf.engine import InputError, Model, load_model, predict_proba, save_model
 from napari_mpf.engine.io import atomic as atomic_mod
 from napari_mpf.engine.training.synthetic import two_texture_sample
@@ -143,7 +144,7 @@ def test_4_train_disk_full_at_the_end_keeps_the_model(data, capsys, tmp_path, mo
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(model, path)
 
-    monkeypatch.setattr(cli, "save_model", save_model)  # the names the command line imported
+    monkeypatch.setattr(cli_train, "save_model", save_model)  # the names the command line imported
     monkeypatch.setattr(cli_checks, "save_model", save_model)
     err = user_error(capsys, *train_args(data, out=target / "m.npz"))
     assert "disk is full" in err and f"saved to {rescue / 'm.npz'}" in err
