@@ -157,7 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train for about S seconds instead: the learning-rate schedule is fitted to the time, "
                         "and --steps (if given) caps the steps")
     t.add_argument("--class-names", metavar="A,B,...", help="names of classes 1..K, comma separated")
-    t.add_argument("--crop-by-class", action="store_true", help="centre each step's crop on a painted pixel drawn class first, so rare classes are seen as often as common ones")
     t.add_argument("--out", required=True, metavar="MODEL.mpf.npz",
                    help="where to save the trained model (a .npz; name it *.mpf.npz and napari opens it as a model)")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -434,7 +433,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         augment=args.augment,
         balance=args.balance,
         seed=args.seed,
-        crop_by_class=args.crop_by_class,
         context=args.context,
         **_step_size(args),
     )
@@ -625,8 +623,8 @@ def _train_pairs(args: argparse.Namespace, out: Path) -> int:
     image_labels = (_read_image_labels(args.image_labels, len(dataset), model, "in the order of the pairs (sorted by name)")
                     if args.image_labels else None)
     config = TrainConfig(steps=_train_steps(args), seconds=args.seconds, optimizer=args.optimizer, lr=args.lr,
-                         augment=args.augment, balance=args.balance, seed=args.seed,
-                         crop_by_class=args.crop_by_class, context=args.context, **_step_size(args))
+                         augment=args.augment, balance=args.balance, seed=args.seed, context=args.context,
+                         **_step_size(args))
     _print_network(model, args.context)
     print(f"data: {len(dataset)} pair(s) in {args.pairs}, streamed one per step")
     trainer = Trainer(model, dataset, None, config, image_labels=image_labels)
