@@ -267,10 +267,9 @@ class Variant:
         if self.kind == "mpf":
             bits = [str(p.get("spec") or p.get("preset")), p.get("activation"), p.get("optimizer"),
                     f"crop {p.get('crop')}"]
-            bits += [f"{k}={p[k]}" for k in ("lr", "schedule", "augment", "balance", "downsample", "norm", "by_class",
+            bits += [f"{k}={p[k]}" for k in ("lr", "augment", "balance", "downsample", "norm",
                                              "sp_branch", "sp_pool", "sp_compactness", "image_head", "refine", "tta", "ensemble",
-                                             "filters", "elastic", "intensity", "shading", "smoothness", "context",
-                                             "context_share")
+                                             "filters", "context", "context_share")
                      if k in p and p[k] != MPF_DEFAULTS.get(k)]
             return "mpf " + ", ".join(str(b) for b in bits)
         defaults = RF_DEFAULTS if self.kind == "rf" else {}
@@ -292,6 +291,10 @@ def _coerce(value: str):
         except ValueError:
             pass
     return value
+
+
+#: ``mpf`` row settings of the training options cut in 1.0 (benchmarks/README.md, "Cut in 1.0")
+CUT_SETTINGS = ("schedule", "by_class", "elastic", "intensity", "shading", "smoothness")
 
 
 def parse_variants(texts: Sequence[str] | None, base: dict) -> list[Variant]:
@@ -321,6 +324,9 @@ def parse_variants(texts: Sequence[str] | None, base: dict) -> list[Variant]:
             merged = dict(base)
         else:  # another method: the common time budget and seed, its own defaults for the rest
             merged = {k: base[k] for k in ("budget", "seed") if k in base}
+        cut = [k for k in params if k in CUT_SETTINGS] + (["balance=global"] if params.get("balance") == "global" else [])
+        if kind == "mpf" and cut:
+            raise SystemExit(f"{', '.join(cut)} in {text!r}: cut in 1.0 (see benchmarks/README.md, Cut in 1.0)")
         merged.update(params)
         out.append(Variant(name, kind, merged))
     return out
@@ -349,8 +355,8 @@ def register_method(kind: str):
 
 
 MPF_DEFAULTS = dict(preset="fast", spec=None, activation="tanh", optimizer="adam", lr=None,
-                    schedule="cosine", augment=True, balance=True, crop=256, steps=None,
-                    budget=180.0, seed=0, by_class=False, sp_branch=None, sp_pool="max",
+                    augment=True, balance=True, crop=256, steps=None,
+                    budget=180.0, seed=0, sp_branch=None, sp_pool="max",
                     sp_compactness=0.3, image_head=None, refine=None, tta=False)
 #: Settings that change only the prediction: rows differing in nothing else share one training.
 PREDICT_ONLY = ("refine", "tta")
@@ -374,7 +380,7 @@ def mpf_base_from_args(args) -> dict:
     """The ``mpf`` settings from the common command-line options."""
     return dict(
         preset=args.preset, spec=args.spec, activation=args.activation, optimizer=args.optimizer,
-        lr=args.lr, schedule=args.schedule, augment=not args.no_augment, balance=not args.no_balance,
+        lr=args.lr, augment=not args.no_augment, balance=not args.no_balance,
         crop=None if args.crop == 0 else args.crop, steps=args.steps, budget=args.budget_seconds,
         seed=args.seed,
     )
@@ -387,12 +393,8 @@ def fit_mpf(images: list[np.ndarray], labels: list[np.ndarray], p: dict, log=pri
     Seed methods as settings: ``sp_branch=SIZE`` (superpixel branch, V3; ``sp_pool``,
     ``sp_compactness``), ``image_head=WEIGHT`` (image-level head, trained on ``image_labels`` when
     given, else on labels read from the strokes), ``refine=SIZE`` (superpixel post-processing, V1),
-    ``by_class=true`` (crop centres drawn class first), ``filters=multiscale`` (input filter bank,
-    ``napari_mpf.engine.network.features``), ``elastic=PIXELS``, ``intensity=AMOUNT`` and ``shading=AMOUNT`` (random elastic
-    deformation, contrast/brightness jitter and smoothly varying jitter of every training batch,
-    ``napari_mpf.engine.training.augment``), ``smoothness=STRENGTH`` (edge-aware smoothness of the probabilities
-    on every pixel, ``napari_mpf.engine.training.smoothness``). ``tta=true``: test-time augmentation (mean
-    over the 8 rotations and flips). ``ensemble=N``: N networks with seeds ``seed .. seed + N - 1``
+    ``filters=multiscale`` (input filter bank, ``napari_mpf.engine.network.features``).
+    ``tta=true``: test-time augmentation (mean over the 8 rotations and flips). ``ensemble=N``: N networks with seeds ``seed .. seed + N - 1``
     (each trained with the row's steps or budget), probabilities averaged. ``context=SPEC``:
     auto-context (``TrainConfig.context``), a second stage of that spec (same filters and heads)
     reads the image and the first stage's probabilities; the first stage gets ``context_share``
@@ -454,11 +456,8 @@ def _train_mpf(images, labels, p: dict, log, image_labels):
     if p.get("image_head") not in (None, False):
         add_image_head(model, 1.0 if p["image_head"] is True else float(p["image_head"]))
     budget = float(p.get("budget") or 0) or None
-    cfg = dict(optimizer=p.get("optimizer", "adam"), lr=p.get("lr"), schedule=p.get("schedule", "cosine"),
-               augment=bool(p.get("augment", True)), balance=p["balance"] if p.get("balance") == "global" else bool(p.get("balance", True)),
-               crop=p.get("crop", 256), seed=int(p.get("seed", 0)), crop_by_class=bool(p.get("by_class", False)),
-               elastic=float(p.get("elastic") or 0), intensity=float(p.get("intensity") or 0),
-               shading=float(p.get("shading") or 0), smoothness=float(p.get("smoothness") or 0),
+    cfg = dict(optimizer=p.get("optimizer", "adam"), lr=p.get("lr"), augment=bool(p.get("augment", True)),
+               balance=bool(p.get("balance", True)), crop=p.get("crop", 256), seed=int(p.get("seed", 0)),
                context=p.get("context"), context_share=float(p.get("context_share") or 0.5))
     steps = p.get("steps")
     adaptive = steps is None and budget is not None
@@ -569,7 +568,6 @@ def add_common_args(ap) -> None:
     ap.add_argument("--optimizer", default="adam", choices=["adam", "sgd", "armijo", "lbfgs"])
     ap.add_argument("--activation", default="tanh", choices=["tanh", "relu"])
     ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--schedule", default="cosine", choices=["cosine", "constant"])
     ap.add_argument("--crop", type=int, default=256, help="training crop side (0 = whole labelled box)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: fill the budget)")
     ap.add_argument("--no-augment", action="store_true", help="no rotations/flips")

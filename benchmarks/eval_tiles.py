@@ -26,9 +26,7 @@ Metrics on the validation images, with and without the "Uneven" category:
 category) and gives every training image its image-level label (``is_defective``): the regime
 where an image-level head may help the segmentation. ``--train-skip Uneven`` leaves the training
 images of a category out (validation and every score keep them): the labels of a user who paints
-the local defects but not the broad "Uneven" shading bands. ``--block-std`` keeps each block's
-standard deviation as a second image channel: the fine vertical streaks that mark an "Uneven" band
-are a few pixels wide, and block means erase them.
+the local defects but not the broad "Uneven" shading bands.
 
     .venv/bin/python benchmarks/eval_tiles.py --downsample 4 --budget-seconds 180 \\
         --out benchmarks/RESULTS_ACCURACY.md
@@ -65,9 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "category); the others train only through image-level labels (is_defective)")
     ap.add_argument("--train-skip", nargs="+", default=[], metavar="CATEGORY",
                     help="leave the training images of these categories out (e.g. Uneven); validation keeps them")
-    ap.add_argument("--block-std", action="store_true",
-                    help="down-sampling keeps each block's standard deviation as a second image channel "
-                         "(the fine texture that block means erase)")
     ap.add_argument("--rf-max-pixels", type=int, default=200_000)
     ec.add_common_args(ap)
     return ap
@@ -95,15 +90,10 @@ def split_groups(groups: np.ndarray, category: np.ndarray, val_fraction: float, 
     return set(np.asarray(train).tolist()), set(np.asarray(folds[0]).tolist()), set(np.asarray(folds[1]).tolist())
 
 
-def down(img: np.ndarray, f: int, block_std: bool = False) -> np.ndarray:
-    """Block means ``(H/f, W/f)``; with ``block_std`` ``(2, H/f, W/f)``: the means and each block's
-    standard deviation."""
+def down(img: np.ndarray, f: int) -> np.ndarray:
+    """Block means ``(H/f, W/f)``."""
     h, w = img.shape
-    blocks = img.reshape(h // f, f, w // f, f).astype(np.float32)
-    mean = blocks.mean(axis=(1, 3))
-    if not block_std:
-        return mean
-    return np.stack([mean, blocks.std(axis=(1, 3))])
+    return img.reshape(h // f, f, w // f, f).astype(np.float32).mean(axis=(1, 3))
 
 
 def low_res_labels(mask: np.ndarray, f: int, frac: float) -> np.ndarray:
@@ -150,8 +140,6 @@ def _pair(row: dict, key: str) -> str:
 def main(argv=None) -> list[dict]:
     """Evaluate every variant on every ``--split-seed``; returns one row per (split, variant)."""
     args = build_parser().parse_args(argv)
-    if args.block_std and args.downsample < 2:
-        raise SystemExit("--block-std needs --downsample 2 or more (a block of one pixel has no spread)")
     with np.load(args.data) as npz:  # read every array once (NpzFile re-reads on each access)
         d = {k: npz[k] for k in npz.files}
     results, texts = [], []
@@ -220,7 +208,7 @@ def evaluate_split(args, d: dict, split_seed: int) -> tuple[list[dict], str]:
     x_train, y_train = [], []
     for i in idx_train:
         img, m = full(i)
-        x_train.append(down(img, f, args.block_std))
+        x_train.append(down(img, f))
         y_train.append(low_res_labels(m, f, args.label_frac))
     image_labels = [bool(d["is_defective"][i]) for i in idx_train]
     if args.pixel_label_share < 1:
@@ -249,7 +237,7 @@ def evaluate_split(args, d: dict, split_seed: int) -> tuple[list[dict], str]:
         fitted = ec.run_method(v, x_train, y_train, image_labels=image_labels)
         probs, p_image, t0 = [], [], ec.time.perf_counter()
         for img in val_img:
-            small = down(img, f, args.block_std)
+            small = down(img, f)
             probs.append(upsample(np.asarray(fitted.predict(small), np.float32), img.shape))
             if fitted.predict_image is not None:
                 p_image.append(fitted.predict_image(small))
@@ -330,7 +318,6 @@ def evaluate_split(args, d: dict, split_seed: int) -> tuple[list[dict], str]:
         f"down-sampled {f}x, split seed {split_seed}"
         + (f", pixel labels on {args.pixel_label_share:.0%} of the training images" if args.pixel_label_share < 1 else "")
         + (f", training without {', '.join(names[c] for c in sorted(skip))}" if skip else "")
-        + (", block means and standard deviations" if args.block_std else "")
         + (" (QUICK)" if args.quick else "")) + "\n" + ec.markdown_table(headers, rows)
     cat_rows = []
     for r in results:

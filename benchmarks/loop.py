@@ -56,7 +56,7 @@ _DEFAULTS = recipe.defaults()
 RECIPE_KEYS = {"network": "preset", "filters": "filters", "activation": "activation", "optimizer": "optimizer",
                "lr": "lr", "step_size": "crop", "balance": "balance", "seed": "seed"}
 OURS = dict({key: _DEFAULTS[name] for name, key in RECIPE_KEYS.items()}, spec=None,
-            calibrate=TrainConfig.calibrate, rsteps=None, tta=False, smoothness=0)
+            calibrate=TrainConfig.calibrate, rsteps=None, tta=False)
 
 
 @dataclass
@@ -136,8 +136,7 @@ class Ours:
         steps = 100_000 if self.seconds else (self.first_steps if self.rounds == 0 else self.steps)
         cfg = TrainConfig(steps=int(round(steps * scale)), seconds=self.seconds * scale if self.seconds else None,
                           optimizer=p["optimizer"], lr=p.get("lr"), crop=p.get("crop"), calibrate=bool(p["calibrate"]),
-                          balance=p["balance"], smoothness=float(p.get("smoothness") or 0),
-                          seed=int(p["seed"]) * 1000 + self.rounds)
+                          balance=p["balance"], seed=int(p["seed"]) * 1000 + self.rounds)
         trainer = Trainer(self.model, [image], [labels], cfg)
         if self.rounds == 0:
             trainer.request_preview()  # what the widget shows first

@@ -301,7 +301,7 @@ def test_argparse_rejects_bad_numbers(data, capsys):
 
 def test_train_with_both_heads_then_info_and_predict(data, capsys):
     code, out, err = run(capsys, *train_args(data, "--superpixel-branch", "60", "--superpixel-pool", "mean",
-                                             "--image-head", "0.5", "--crop-by-class", "--class-names", "smooth,textured",
+                                             "--image-head", "0.5", "--class-names", "smooth,textured",
                                              out="heads.npz"))
     assert code == 0, err
     assert "heads: superpixel branch (mean pooling" in out and "image-level head (p(textured present); loss weight 0.5)" in out
@@ -309,7 +309,6 @@ def test_train_with_both_heads_then_info_and_predict(data, capsys):
     m = load_model(data / "heads.npz")
     assert m.superpixels == {"size": 60.0, "compactness": 0.3, "pool": "mean"}
     assert m.image_head == {"loss_weight": 0.5}
-    assert m.provenance["crop_by_class"] is True
 
     code, out, err = run(capsys, "info", data / "heads.npz")
     assert code == 0, err

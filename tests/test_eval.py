@@ -219,25 +219,12 @@ def test_eval_tiles_quick_on_synthetic(tmp_path):
     assert "pixel labels on 25%" in out2.read_text()
 
 
-def test_block_std_keeps_the_texture_that_block_means_erase(tmp_path):
-    pytest.importorskip("sklearn")
+def test_down_takes_block_means():
     import eval_tiles
 
     stripes = np.tile(np.array([0.0, 10.0]), (4, 4))  # 4 x 8: vertical stripes one pixel wide
     stripes[:, 4:] = 5.0  # the right half is flat at the same mean
     np.testing.assert_allclose(eval_tiles.down(stripes, 2), np.full((2, 4), 5.0))
-    both = eval_tiles.down(stripes, 2, block_std=True)
-    np.testing.assert_allclose(both, [np.full((2, 4), 5.0), [[5, 5, 0, 0], [5, 5, 0, 0]]])
-
-    path = _synthetic_tiles(tmp_path)[0]
-    out = tmp_path / "s.md"
-    rows = eval_tiles.main(["--quick", "--data", str(path), "--downsample", "2", "--val-fraction", "0.5",
-                            "--n-pixels", "100", "--block-std", "--out", str(out), "--variants", "mpf", "rf"])
-    assert [r["variant"] for r in rows] == ["mpf", "rf"]
-    assert "2 channel(s)" in rows[0]["info"]["model"]
-    assert "block means and standard deviations" in out.read_text()
-    with pytest.raises(SystemExit, match="--block-std needs"):
-        eval_tiles.main(["--quick", "--data", str(path), "--downsample", "1", "--block-std"])
 
 
 def test_keep_pixel_labels_per_category():
@@ -299,27 +286,11 @@ def test_a_filters_row_trains_a_model_with_input_filters():
     assert fitted.predict(images[0]).shape == (24, 24)
 
 
-def test_augmentation_rows_train_with_elastic_and_intensity_changes(monkeypatch):
-    import napari_mpf.engine.training.loss as engine_loss
-
-    strengths = []
-    original = engine_loss.smoothness_loss
-
-    def spy(logits, wy, wx, strength):
-        strengths.append(strength)
-        return original(logits, wy, wx, strength)
-
-    monkeypatch.setattr(engine_loss, "smoothness_loss", spy)
-    rng = np.random.default_rng(3)
-    images = [rng.normal(size=(24, 24)).astype(np.float32)]
-    labels = [rng.integers(0, 3, size=(24, 24)).astype(np.uint8)]
-    (row,) = ec.parse_variants(["a:steps=2,budget=0,crop=none,elastic=2,intensity=0.2,shading=0.3,smoothness=0.5"],
-                               ec.MPF_DEFAULTS)
-    for setting in ("elastic=2", "intensity=0.2", "shading=0.3", "smoothness=0.5"):
-        assert setting in row.describe()
-    fitted = ec.run_method(row, images, labels, log=lambda *_: None)
-    assert np.isfinite(fitted.predict(images[0])).all()
-    assert strengths and set(strengths) == {0.5}  # every training step added the smoothness
+def test_settings_cut_in_1_0_are_refused_not_ignored():
+    for setting in ("elastic=2", "intensity=0.2", "shading=0.3", "smoothness=0.5", "by_class=true",
+                    "schedule=constant", "balance=global"):
+        with pytest.raises(SystemExit, match="cut in 1.0"):
+            ec.parse_variants([f"a:steps=2,{setting}"], ec.MPF_DEFAULTS)
 
 
 def test_a_budget_row_fits_its_schedule_to_the_budget():

@@ -91,7 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train for about S seconds instead: the learning-rate schedule is fitted to the time, "
                         "and --steps (if given) caps the steps")
     t.add_argument("--class-names", metavar="A,B,...", help="names of classes 1..K, comma separated")
-    t.add_argument("--crop-by-class", action="store_true", help="centre each step's crop on a painted pixel drawn class first, so rare classes are seen as often as common ones")
     t.add_argument("--out", required=True, metavar="MODEL.mpf.npz",
                    help="where to save the trained model (a .npz; name it *.mpf.npz and napari opens it as a model)")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

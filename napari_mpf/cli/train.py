@@ -124,7 +124,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         augment=args.augment,
         balance=args.balance,
         seed=args.seed,
-        crop_by_class=args.crop_by_class,
         context=args.context,
         **_step_size(args),
     )
@@ -295,7 +294,7 @@ def _train_pairs(args: argparse.Namespace, out: Path) -> int:
                     if args.image_labels else None)
     config = TrainConfig(steps=_train_steps(args), seconds=args.seconds, optimizer=args.optimizer, lr=args.lr,
                          augment=args.augment, balance=args.balance, seed=args.seed,
-                         crop_by_class=args.crop_by_class, context=args.context, **_step_size(args))
+                         context=args.context, **_step_size(args))
     _print_network(model, args.context)
     print(f"data: {len(dataset)} pair(s) in {args.pairs}, streamed one per step")
     trainer = Trainer(model, dataset, None, config, image_labels=image_labels)

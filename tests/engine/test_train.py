@@ -176,26 +176,14 @@ def test_crops_are_exact_boxes_of_the_whole_image():
     assert crop_box(model, lab, 64, rng) is None
 
 
-def test_global_balance_weighs_classes_by_their_frequency_in_the_whole_set():
-    from napari_mpf.engine.training.loss import masked_cross_entropy
-
-    rng = np.random.default_rng(0)
-    images = [rng.normal(size=(20, 20)) for _ in range(2)]
-    labels = [np.zeros((20, 20), int), np.zeros((20, 20), int)]
-    labels[0][:10] = 1  # 200 background pixels
-    labels[1][:5] = 1  # 100 more background
-    labels[1][15:, :10] = 2  # 50 defect pixels, all in image 2
+def test_balance_is_true_or_false():
+    images = [np.random.default_rng(0).normal(size=(20, 20))]
+    labels = [np.zeros((20, 20), int)]
+    labels[0][:10], labels[0][15:, :10] = 1, 2
     model = Model.for_data(images, labels, spec=TINY)
-    trainer = Trainer(model, images, labels, TrainConfig(steps=3, balance="global"))
-    losses = [p.loss for p in trainer.run()]
-    np.testing.assert_allclose(trainer._class_weight, [2 / (2 * 300), 2 / (2 * 50)])
-    assert np.isfinite(losses).all()
-    # with these weights a background-only image weighs as much as its share of the set
-    logits = np.zeros((2, 20, 20))
-    loss, _ = masked_cross_entropy(logits, labels[0], class_weight=trainer._class_weight)
-    assert loss == pytest.approx(200 * (2 / 600) * np.log(2))
-    with pytest.raises(InputError, match="balance"):
-        Trainer(model, images, labels, TrainConfig(balance="sometimes"))
+    for bad in ("sometimes", "global"):
+        with pytest.raises(InputError, match="balance"):
+            Trainer(model, images, labels, TrainConfig(balance=bad))
 
 
 def test_default_learning_rate_is_smaller_for_deep_networks():
@@ -208,8 +196,8 @@ def test_default_learning_rate_is_smaller_for_deep_networks():
     labels = [np.arange(256).reshape(16, 16) % 2 + 1]
     for spec, expected in (("fast", DEFAULT_LR["adam"]), ("wide", DEFAULT_LR["adam"] / 3)):
         model = Model.for_data(images, labels, spec=spec)
-        progress = next(Trainer(model, images, labels, TrainConfig(steps=2, schedule="constant")).run())
-        assert progress.lr == pytest.approx(expected)
+        progress = next(Trainer(model, images, labels, TrainConfig(steps=2)).run())
+        assert progress.lr == pytest.approx(expected)  # the cosine schedule starts at the full rate
 
 
 def test_a_time_budget_fits_the_schedule_to_the_time(sample):

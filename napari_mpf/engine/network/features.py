@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 from .inputs import InputError
 from .padding import mirror_indices
 
-__all__ = ["FILTER_BANKS", "check_filters", "n_outputs", "radius", "apply_filters", "offset_follows"]
+__all__ = ["FILTER_BANKS", "check_filters", "n_outputs", "radius", "apply_filters"]
 
 _TRUNCATE = 4.0
 
@@ -61,15 +61,6 @@ def n_outputs(filters: dict | None) -> int:
     if not filters:
         return 1
     return 1 + len(filters["smooth"]) + len(filters["gradient"]) + 2 * len(filters["hessian"])
-
-
-def offset_follows(filters: dict | None, in_channels: int) -> list[bool]:
-    """Per filter output of :func:`apply_filters` (after the ``in_channels`` image channels): does
-    it shift with a brightness offset of its channel (the smoothings) or not (the derivatives)."""
-    if not filters:
-        return []
-    one = [True] * len(filters["smooth"]) + [False] * (len(filters["gradient"]) + 2 * len(filters["hessian"]))
-    return one * in_channels
 
 
 def radius(filters: dict | None) -> int:

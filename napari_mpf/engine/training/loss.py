@@ -14,20 +14,17 @@ from ..network.mpf import Workspace, backward, forward
 from ..network.padding import mirror_indices, padded_size
 from ..network.predict import normalise
 from ..network.superpixels import relabel, slic_superpixels
-from .smoothness import contrast_weights, smoothness_loss
 
 __all__ = ["Batch", "batch_loss", "crop_box", "labelled_box", "loss_and_gradients", "make_batch", "masked_cross_entropy"]
 
 
 def masked_cross_entropy(
-    logits: np.ndarray, labels: np.ndarray, balance: bool = True, class_weight: np.ndarray | None = None
+    logits: np.ndarray, labels: np.ndarray, balance: bool = True
 ) -> tuple[float, np.ndarray]:
     """Loss and its gradient w.r.t. ``logits`` ``(K, H, W)``; ``labels`` ``(H, W)``, 0 = unpainted.
 
     ``balance``: every painted class weighs the same (mean over the classes present of the mean
-    loss of their pixels); otherwise the mean over all painted pixels. ``class_weight`` (one weight
-    per class, e.g. from the class frequencies of a whole training set) replaces both: the loss is
-    then ``sum_p class_weight[class(p)] * CE(p)``.
+    loss of their pixels); otherwise the mean over all painted pixels.
     """
     n_classes = logits.shape[0]
     labels = np.ascontiguousarray(labels, dtype=np.int32)
@@ -37,9 +34,7 @@ def masked_cross_entropy(
     if painted == 0:
         grad[:] = 0
         return 0.0, grad
-    if class_weight is not None:
-        class_weight = np.asarray(class_weight, np.float64)
-    elif balance:
+    if balance:
         present = np.count_nonzero(counts)
         class_weight = np.where(counts > 0, 1.0 / (np.maximum(counts, 1) * present), 0.0)
     else:
@@ -136,15 +131,12 @@ def make_batch(
 
 
 def crop_box(
-    model: Model, lab: np.ndarray, size: int | None, rng: np.random.Generator, by_class: bool = False,
-    whole: bool = False,
+    model: Model, lab: np.ndarray, size: int | None, rng: np.random.Generator, whole: bool = False,
 ) -> tuple[int, int, int, int] | None:
     """A random output box of about ``size`` x ``size`` pixels holding at least one painted pixel
-    (``None`` when the painted pixels already fit in such a box). ``by_class``: the painted pixel
-    is drawn class first (each painted class equally likely), then a pixel of that class.
-    (An image with nothing painted gets a box anywhere.) ``whole``: the box is cut from the whole
-    image, not from the box of painted pixels (for heads that pool over the image); ``size=None``
-    then means the whole image."""
+    (``None`` when the painted pixels already fit in such a box; an image with nothing painted gets
+    a box anywhere). ``whole``: the box is cut from the whole image, not from the box of painted
+    pixels (for heads that pool over the image); ``size=None`` then means the whole image."""
     h, w = lab.shape
     py, px = model.spec.pool_factor
     limit = (h + py - 1, w + px - 1)
@@ -156,11 +148,7 @@ def crop_box(
         y0, x0, oh, ow = labelled_box(lab, (py, px), limit)
         if oh <= size and ow <= size:
             return None
-    if by_class and lab.any():
-        classes = np.flatnonzero(np.bincount(lab.ravel()))
-        classes = classes[classes > 0]
-        ys, xs = np.nonzero(lab == classes[int(rng.integers(classes.size))])
-    elif lab.any():
+    if lab.any():
         ys, xs = np.nonzero(lab)
     else:
         ys, xs = rng.integers(h, size=1), rng.integers(w, size=1)
@@ -173,21 +161,17 @@ def crop_box(
 
 
 def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool = True,
-               class_weight: np.ndarray | None = None, workspace: Workspace | None = None,
-               smoothness: float = 0.0):
+               workspace: Workspace | None = None):
     """``(loss, grad_weights, grad_biases)`` on a batch; the gradients are ``None`` without ``need_grad``.
 
     A :class:`~napari_mpf.engine.network.mpf.Workspace` reused from step to step saves the page faults
     of fresh activation buffers.
 
     With an image-level head the loss adds its weighted sigmoid cross entropy on the known targets.
-    ``smoothness`` > 0 adds that much edge-aware smoothness over every pixel of the batch
-    (:mod:`~napari_mpf.engine.training.smoothness`).
     """
     if not has_heads(model):
         logits, cache = forward(model, batch.padded, keep=need_grad, workspace=workspace)
-        loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance, class_weight)
-        loss = _add_smoothness(model, batch, logits, loss, grad_logits, smoothness)
+        loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance)
         if not need_grad:
             return loss, None, None
         grad_w, grad_b = backward(model, cache, grad_logits)
@@ -195,8 +179,7 @@ def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool
     logits, image_logits, hcache = model_forward(
         model, batch.padded, batch.segments, batch.n_segments, batch.valid, keep=need_grad, workspace=workspace
     )
-    loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance, class_weight)
-    loss = _add_smoothness(model, batch, logits, loss, grad_logits, smoothness)
+    loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance)
     grad_image = None
     if image_logits is not None and batch.image_target is not None:
         extra, grad_image = image_loss(image_logits, batch.image_target, model.image_head["loss_weight"])
@@ -205,20 +188,6 @@ def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool
         return loss, None, None
     grad_w, grad_b = model_backward(model, hcache, grad_logits, grad_image)
     return loss, grad_w, grad_b
-
-
-def _add_smoothness(model: Model, batch: Batch, logits: np.ndarray, loss: float, grad_logits: np.ndarray,
-                    strength: float) -> float:
-    """``loss`` plus the batch's edge-aware smoothness; its gradient is added to ``grad_logits``."""
-    if strength <= 0:
-        return loss
-    oh, ow = logits.shape[1:]
-    wh, ww = model.window
-    image = batch.padded[: model.in_channels, wh // 2 : wh // 2 + oh, ww // 2 : ww // 2 + ow]
-    wy, wx = contrast_weights(image, batch.valid)
-    extra, grad = smoothness_loss(logits, wy, wx, strength)
-    grad_logits += grad
-    return loss + extra
 
 
 def _loss_and_gradients(model: Model, x: np.ndarray, lab: np.ndarray, balance: bool, image_target=None):

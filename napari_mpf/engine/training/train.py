@@ -25,7 +25,6 @@ from ..network.mpf import Workspace
 from ..network.predict import normalise, predict_proba
 from ..network.spec import check_network_size, parse_spec
 from ..network.superpixels import slic_superpixels
-from .augment import elastic_deform, intensity_jitter, shading
 from .calibration import prior_shift, shift_model, shifted, unshift_model
 from .loss import Batch, batch_loss, crop_box, make_batch
 from .optim import OPTIMIZERS, default_lr, make_optimizer
@@ -41,31 +40,21 @@ LIVE_STEPS = 15
 
 @dataclass
 class TrainConfig:
-    """Training settings. ``lr=None`` takes the optimiser's default for the network (``optim.default_lr``).
+    """Training settings. ``lr=None`` takes the optimiser's default for the network (``optim.default_lr``);
+    the learning rate decays to 10% of it over the run along a cosine.
 
-    ``schedule``: ``"cosine"`` decays the learning rate to 10% over the run, ``"constant"`` keeps it.
     ``preview_every``: every that many steps (and at the last step) a :class:`Progress` carries the
     probabilities of image ``preview_index``; 0 = only on request.
     ``balance``: ``False`` (the default): the mean over the painted pixels, so the painted amounts
     set the classes' weights (with a few strokes on a small defect the class-balanced loss made
-    defects of half a tile; benchmarks/loop.py); ``True`` (the papers' masked class-balanced loss)
-    weighs the painted classes equally within each step; ``"global"`` weighs
-    them by their frequency over the whole training set (so a step whose crop or image holds only
-    background counts as little as that background does in the set); ``False``: plain mean.
+    defects of half a tile; benchmarks/loop.py); ``True``: the papers' masked class-balanced loss,
+    which weighs the painted classes equally within each step.
     ``crop``: when the painted pixels spread over more than ``crop`` x ``crop`` pixels, each step
     trains on a random box of that size around a painted pixel (much faster steps on large images;
     ``None`` = always the whole box of painted pixels). The default, 512, puts every stroke of an
     image up to 512² in every step: from a few strokes that learned more per second than 256² boxes
-    at 4x the steps (benchmarks/loop.py). ``crop_by_class``: the crop's painted pixel
-    is drawn class first, so rare classes are seen as often as common ones. ``elastic``: when above
-    0, every batch is elastically deformed (:mod:`~napari_mpf.engine.training.augment`) by smooth random
-    displacements with this standard deviation in pixels (0 = off). ``intensity``: when above 0,
-    every batch's contrast and brightness change at random by up to this much
-    (:func:`~napari_mpf.engine.training.augment.intensity_jitter`; 0 = off). ``shading``: the same, but
-    varying smoothly across the batch like an uneven light (:func:`~napari_mpf.engine.training.augment.shading`;
-    0 = off). ``smoothness``: when above 0, the loss adds this much edge-aware smoothness of the
-    probabilities over every pixel of the batch, painted or not, so that boundaries between sparse
-    strokes follow the image's edges (:mod:`~napari_mpf.engine.training.smoothness`; 0 = off).
+    at 4x the steps (benchmarks/loop.py).
+    ``augment``: every step's image and labels are rotated or flipped at random (one of 8).
     ``seconds``: train for about this long after the first step (which may include Numba's
     compilation) instead: ``steps`` is then only a cap, and after every
     step the planned step count (which the learning-rate schedule reads, and :class:`Progress`
@@ -86,18 +75,12 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float | None = None
     momentum: float = 0.9
-    schedule: str = "cosine"
     augment: bool = True
-    balance: bool | str = False
+    balance: bool = False
     seed: int = 0
     preview_every: int = 0
     preview_index: int = 0
     crop: int | None = 512
-    crop_by_class: bool = False
-    elastic: float = 0.0
-    intensity: float = 0.0
-    shading: float = 0.0
-    smoothness: float = 0.0
     seconds: float | None = None
     context: str | None = None
     context_share: float = 0.5
@@ -112,22 +95,12 @@ class TrainConfig:
             raise InputError(f"the learning rate must be a positive number, got {self.lr}")
         if self.crop is not None and int(self.crop) < 8:
             raise InputError(f"crop must be at least 8 pixels (or None), got {self.crop}")
-        if not (self.elastic >= 0 and math.isfinite(self.elastic)):
-            raise InputError(f"elastic must be a number of pixels >= 0, got {self.elastic}")
-        if not (self.smoothness >= 0 and math.isfinite(self.smoothness)):
-            raise InputError(f"smoothness must be a number >= 0, got {self.smoothness}")
         if self.seconds is not None and not (self.seconds > 0 and math.isfinite(self.seconds)):
             raise InputError(f"seconds must be a positive number of seconds (or None), got {self.seconds}")
-        if not (0 <= self.intensity <= 2):
-            raise InputError(f"intensity must be between 0 and 2, got {self.intensity}")
-        if not (0 <= self.shading <= 2):
-            raise InputError(f"shading must be between 0 and 2, got {self.shading}")
-        if self.balance not in (True, False, "global"):
-            raise InputError(f"balance must be True, False or 'global', got {self.balance!r}")
+        if self.balance not in (True, False):
+            raise InputError(f"balance must be True or False, got {self.balance!r}")
         if not 0 < self.context_share < 1:
             raise InputError(f"context_share must be between 0 and 1, got {self.context_share}")
-        if self.schedule not in ("cosine", "constant"):
-            raise InputError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
 
 
 @dataclass
@@ -178,7 +151,6 @@ class Trainer:
         self.image_targets = self._image_targets(image_labels, n)
         self._segments: dict[int, np.ndarray] = {}
         self._preview_requested = False
-        self._class_weight: np.ndarray | None = None
         self.last_loss = float("nan")
 
     def request_preview(self) -> None:
@@ -265,7 +237,6 @@ class Trainer:
         if not usable:
             raise InputError("nothing to learn from: no image has painted pixels or an image-level label")
         first_stage = None if self.dataset is None or model.context is None else _FirstStageCache(model.context)
-        self._class_weight = self._global_class_weight(len(usable)) if cfg.balance == "global" else None
         n_pools = sum(layer.kind == "pool" for layer in model.spec.layers)
         base_lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, n_pools)
         if cfg.lr is None and int(model.provenance.get("steps", 0)) > 0:
@@ -279,10 +250,8 @@ class Trainer:
         provenance = model.provenance
         provenance.setdefault("steps", 0)
         provenance.update(
-            optimizer=cfg.optimizer, lr=base_lr, schedule=cfg.schedule, augment=cfg.augment,
-            balance=cfg.balance, seed=cfg.seed, crop=cfg.crop, crop_by_class=cfg.crop_by_class,
-            elastic=float(cfg.elastic), intensity=float(cfg.intensity), shading=float(cfg.shading),
-            smoothness=float(cfg.smoothness), seconds=seconds,
+            optimizer=cfg.optimizer, lr=base_lr, augment=cfg.augment, balance=cfg.balance, seed=cfg.seed,
+            crop=cfg.crop, seconds=seconds,
         )
         planner = _StepPlanner(int(steps), seconds)
         try:
@@ -322,19 +291,13 @@ class Trainer:
                     segments = dihedral(segments, k)
             lab = np.ascontiguousarray(lab)
             if has_heads(model):  # heads pool over the image: crops of the image, not of the strokes
-                box = crop_box(model, lab, cfg.crop, rng, cfg.crop_by_class, whole=True)
+                box = crop_box(model, lab, cfg.crop, rng, whole=True)
             else:
-                box = crop_box(model, lab, int(cfg.crop), rng, cfg.crop_by_class) if cfg.crop else None
+                box = crop_box(model, lab, int(cfg.crop), rng) if cfg.crop else None
             target = None if self.image_targets is None else self.image_targets[index]
             batch = make_batch(model, np.ascontiguousarray(x), lab, box,
                                None if segments is None else np.ascontiguousarray(segments), target)
-            if cfg.elastic > 0:
-                batch = elastic_deform(batch, model.window, float(cfg.elastic), rng)
-            if cfg.intensity > 0:
-                batch = intensity_jitter(batch, model, float(cfg.intensity), rng)
-            if cfg.shading > 0:
-                batch = shading(batch, model, float(cfg.shading), rng)
-            lr = base_lr * _schedule(cfg.schedule, step, planner.planned)
+            lr = base_lr * _schedule(step, planner.planned)
             loss = self._step(opt, theta, batch, lr, workspace)
             if math.isfinite(loss):
                 good[:] = theta
@@ -394,39 +357,24 @@ class Trainer:
             self._segments[index] = slic_superpixels(x[: self.model.in_channels], sp["size"], sp["compactness"])
         return self._segments[index]
 
-    def _global_class_weight(self, n_images: int) -> np.ndarray | None:
-        """``n_images / (K_present * N_k)`` from the class counts of all training labels, so that the
-        expected loss of one step is the class-balanced loss of the whole set (in-memory data only;
-        a streamed data set keeps the per-step balance)."""
-        if self.labels is None:
-            return None
-        k = self.model.n_classes
-        counts = sum(np.bincount(lab.ravel(), minlength=k + 1)[1 : k + 1] for lab in self.labels)
-        present = np.count_nonzero(counts)
-        return np.where(counts > 0, n_images / (np.maximum(counts, 1) * present), 0.0)
-
     def _step(self, opt, theta, batch: Batch, lr: float, workspace: Workspace) -> float:
-        model, balance = self.model, self.config.balance
-        class_weight, smoothness = self._class_weight, float(self.config.smoothness)
+        model, balance = self.model, bool(self.config.balance)
         model_weights_dtype = theta.dtype
 
         def loss_fn(vec: np.ndarray) -> float:
             saved = theta.copy()
             theta[:] = vec
             try:
-                return batch_loss(model, batch, balance, need_grad=False, class_weight=class_weight,
-                                  smoothness=smoothness)[0]
+                return batch_loss(model, batch, balance, need_grad=False)[0]
             finally:
                 theta[:] = saved
 
         def loss_grad_fn(vec: np.ndarray) -> tuple[float, np.ndarray]:
             theta[:] = vec.astype(model_weights_dtype)
-            loss, gw, gb = batch_loss(model, batch, balance, class_weight=class_weight, workspace=workspace,
-                                      smoothness=smoothness)
+            loss, gw, gb = batch_loss(model, batch, balance, workspace=workspace)
             return loss, _flat_grad(gw, gb)
 
-        loss, gw, gb = batch_loss(model, batch, balance, class_weight=class_weight, workspace=workspace,
-                                  smoothness=smoothness)
+        loss, gw, gb = batch_loss(model, batch, balance, workspace=workspace)
         grad = _flat_grad(gw, gb)
         if not (math.isfinite(loss) and np.isfinite(grad).all()):
             return float("nan")
@@ -489,8 +437,9 @@ class _StepPlanner:
             self.planned = int(min(self.max_steps, max(step + 1, step + left / per_step)))
 
 
-def _schedule(kind: str, step: int, steps: int) -> float:
-    if kind == "constant" or steps <= 1:
+def _schedule(step: int, steps: int) -> float:
+    """The cosine decay: 1 at the first step, 0.1 at the last."""
+    if steps <= 1:
         return 1.0
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 1) / (steps - 1)))
 
