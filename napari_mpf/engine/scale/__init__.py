@@ -19,12 +19,7 @@ Three ways to use it:
   progress, stop and resume (finished chunks are skipped when the run is restarted), plus per-slice
   object counts (:mod:`napari_mpf.engine.post.objects`).
 
-Output store layout (zarr v3 group): ``probabilities`` ``(Z, K, H, W)`` (uint8 = round(255 p),
-float16 or float32), ``segmentation`` ``(Z, H, W)`` uint8 labels 1..K, ``class_pixels``
-``(Z, ny, nx, K)`` int64 pixels per class of every output chunk (-1 = chunk not finished: the
-resume marker, written last), and with counting ``counts`` ``(Z, 3)`` int64 (objects, object pixels,
-defect present; -1 = not counted). The group's ``napari_mpf`` attribute holds the class names, the
-model, the source and the encoding.
+The output store's layout (a zarr v3 group): :mod:`.store`.
 """
 
 from __future__ import annotations
