@@ -5,9 +5,9 @@ Each module of ``napari_mpf`` is parsed with ``ast`` (nothing is imported). An i
 function would hide a dependency from this graph (the five-module circle model -> predict -> heads
 -> network -> model once hid that way), so none is allowed for napari_mpf modules; lazy imports of
 optional third-party modules (zarr, dask, tifffile, ...) inside the function that alone uses them
-are fine. Imports under ``if TYPE_CHECKING:`` never run: they name a class for annotations only and
-are not edges of the graph (the arithmetic of :mod:`napari_mpf.engine.network.mpf` annotates with the
-``Model`` that sits above it).
+are fine. Imports under ``if TYPE_CHECKING:`` are edges too: a cycle kept for annotations is still a
+cycle in the design (the arithmetic of :mod:`napari_mpf.engine.network.mpf` uses the ``Model`` below
+it; the model does not evaluate itself).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def _ours(target: str) -> bool:
 def _graph(imports: list[Import]) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
     for imp in imports:
-        if _ours(imp.target) and not imp.type_only and imp.target != imp.module:
+        if _ours(imp.target) and imp.target != imp.module:  # imports for annotations only count too
             graph[imp.module].add(imp.target)
     return graph
 

@@ -20,6 +20,7 @@ from napari_mpf.engine import (
     predict_proba,
     save_model,
 )
+from napari_mpf.engine.network.predict import staged_input
 from napari_mpf.engine.scale import halo, predict_dask
 from napari_mpf.engine.training.loss import loss_and_gradients
 
@@ -68,7 +69,7 @@ def test_second_stage_gradients_equal_the_reference():
 def test_stage_input_is_the_image_then_the_first_stages_probabilities():
     first, second = _two_stages(dtype=np.float32, k=3)
     image = make_image((15, 18), 1, seed=5).astype(np.float32)
-    staged = second.stage_input(image)
+    staged = staged_input(second, image)
     assert second.stage_channels == 3 and staged.shape == (3, 15, 18)
     np.testing.assert_array_equal(staged[0], image)
     np.testing.assert_array_equal(staged[1:], predict_proba(first, image)[1:])
@@ -90,6 +91,8 @@ def test_training_changes_only_the_second_stage_and_lowers_its_loss():
     losses = [p.loss for p in Trainer(second, [image], [labels], TrainConfig(steps=40, seed=2, lr=0.01)).run()]
     assert all(np.array_equal(a, b) for a, b in zip(before, second.context.weights, strict=True))
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    with pytest.raises(SpecError, match="TrainConfig"):  # its filter statistics need the first stage's output
+        Model.for_data([image], [labels], spec="C3x3x4, MPF2x2, FC8", context=first, filters="multiscale")
 
 
 def test_a_second_stage_that_cannot_take_the_heads_is_refused_before_training():

@@ -17,16 +17,13 @@ prediction on the whole image.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .inputs import InputError
+from .model import Model
 from .mpf import Cache, Workspace, backward, forward_features
 from .superpixels import sp_broadcast, sp_broadcast_backward, sp_pool_backward, sp_pool_forward
-
-if TYPE_CHECKING:  # annotations only: a Model is above the arithmetic that evaluates it
-    from .model import Model
 
 __all__ = [
     "HeadCache",

@@ -10,7 +10,6 @@ import numpy as np
 
 from .features import apply_filters, check_filters, n_outputs
 from .inputs import as_image, check_training_pairs
-from .predict import predict_proba
 from .spec import DEFAULT_PRESET, NetworkSpec, SpecError, check_network_size, parse_spec
 
 __all__ = ["Model"]
@@ -65,12 +64,15 @@ class Model:
     def stage_input(self, image, probabilities: np.ndarray | None = None) -> np.ndarray:
         """The checked ``(C, H, W)`` image, followed with a ``context`` model by that model's
         probabilities of classes ``2..K`` (raw, before this model's normalisation).
-        ``probabilities``: the context model's ``(K, H, W)`` for these pixels, if already computed."""
+        ``probabilities``: the context model's ``(K, H, W)`` for these pixels, needed with a
+        ``context`` (:func:`~napari_mpf.engine.network.predict.staged_input` computes them)."""
         x = as_image(image, self.in_channels)
         if self.context is None:
             return x
-        p = (predict_proba(self.context, x) if probabilities is None else probabilities)[1:]
-        return np.concatenate([x, p.astype(x.dtype)])
+        if probabilities is None:
+            raise ValueError("a two-stage model's input needs its first stage's probabilities "
+                             "(engine.network.predict.staged_input computes them)")
+        return np.concatenate([x, probabilities[1:].astype(x.dtype)])
 
     @property
     def n_classes(self) -> int:
@@ -227,23 +229,25 @@ class Model:
                            context=context)
         c = model.in_channels
         model.norm_mean[:c], model.norm_std[:c] = normalisation_from(imgs)
+        if model.filters and context is not None:
+            raise SpecError("input filters on a second stage need its first stage's predictions: train it with "
+                            "TrainConfig(context=...) instead")
         model.fit_filter_statistics(imgs)
         return model
 
-    def fit_filter_statistics(self, images: Iterable[np.ndarray]) -> None:
-        """Set ``filter_mean``/``filter_std`` from ``(C, H, W)`` images (after ``norm_*`` is set):
-        every filter output then enters the first layer with zero mean and unit variance (without
-        it, a tanh network on the magnetic tiles did not learn: training loss 0.56 against 0.24).
-        With a ``context`` model the filters read the stage input (:meth:`stage_input`)."""
+    def fit_filter_statistics(self, stage_inputs: Iterable[np.ndarray]) -> None:
+        """Set ``filter_mean``/``filter_std`` from ``(C, H, W)`` stage inputs (the images; with a
+        ``context`` model, :meth:`stage_input`), after ``norm_*`` is set: every filter output then
+        enters the first layer with zero mean and unit variance (without it, a tanh network on the
+        magnetic tiles did not learn: training loss 0.56 against 0.24)."""
         if not self.filters:
             return
         mean, std = self.norm_mean[:, None, None], self.norm_std[:, None, None]
         c = self.stage_channels
         self.filter_mean, self.filter_std = normalisation_from(
-            apply_filters((self.stage_input(np.asarray(img, np.float32)) - mean) / std, self.filters)[c:]
-            for img in images
+            apply_filters((as_image(np.asarray(x, np.float32), c) - mean) / std, self.filters)[c:]
+            for x in stage_inputs
         )
-
 
 def normalisation_from(images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation over ``(C, H, W)`` images (std 1 for constant

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..kernels import conv, fc
 from ..kernels import layers as K
-
-if TYPE_CHECKING:  # annotations only: a Model is above the arithmetic that evaluates it
-    from .model import Model
+from .model import Model
 
 __all__ = ["forward", "forward_features", "backward", "Cache", "Workspace"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,12 +10,10 @@ from .dihedral import dihedral, undo_dihedral
 from .features import apply_filters
 from .heads import PooledFeatures, has_heads
 from .inputs import InputError, as_image
+from .model import Model
 from .mpf import forward, forward_features
 from .padding import pad_image, padded_size
 from .superpixels import refine_probabilities, slic_superpixels, sp_broadcast
-
-if TYPE_CHECKING:  # annotations only: a Model is above the arithmetic that evaluates it
-    from .model import Model
 
 __all__ = [
     "DEFAULT_TILE",
@@ -37,9 +34,15 @@ __all__ = [
 DEFAULT_TILE = 512
 
 
+def staged_input(model: Model, image) -> np.ndarray:
+    """:meth:`Model.stage_input` of ``image``, the first stage's probabilities computed here."""
+    x = as_image(image, model.in_channels)
+    return model.stage_input(x, None if model.context is None else predict_proba(model.context, x))
+
+
 def normalise(model: Model, image, extended: bool = False, staged: bool = False) -> np.ndarray:
     """The first layer's input: the checked ``(C, H, W)`` image (with a ``context`` model, its
-    stage input, :meth:`Model.stage_input`) normalised with the model's
+    stage input, :func:`staged_input`) normalised with the model's
     statistics, in the model's dtype, followed by its input filters' outputs (standardised with
     ``filter_mean``/``filter_std``) when the model has them; the first ``C`` channels stay the
     normalised image. ``extended``: ``image`` is a region
@@ -49,7 +52,7 @@ def normalise(model: Model, image, extended: bool = False, staged: bool = False)
     if model.context is not None and not staged:
         if extended:
             raise ValueError("a region of a two-stage model needs its stage input (staged=True)")
-        image = model.stage_input(image)
+        image = staged_input(model, image)
     x = as_image(image, model.stage_channels)
     dtype = model.dtype
     mean = model.norm_mean.astype(dtype)[:, None, None]

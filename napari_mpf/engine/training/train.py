@@ -22,7 +22,7 @@ from ..network.heads import add_image_head, add_superpixel_branch, has_heads
 from ..network.inputs import InputError, check_training_pairs
 from ..network.model import Model
 from ..network.mpf import Workspace
-from ..network.predict import normalise, predict_proba
+from ..network.predict import normalise, predict_proba, staged_input
 from ..network.spec import check_network_size, parse_spec
 from ..network.superpixels import slic_superpixels
 from .calibration import prior_shift, shift_model, shifted, unshift_model
@@ -212,10 +212,8 @@ class Trainer:
                              first.class_names, first.dtype, first.filters, context=first)
         c = first.in_channels
         model.norm_mean[:c], model.norm_std[:c] = first.norm_mean[:c], first.norm_std[:c]
-        if self.dataset is None:
-            model.fit_filter_statistics(self.images)
-        else:
-            model.fit_filter_statistics(self.dataset.pair(i)[0] for i in range(len(self.dataset)))
+        images = self.images if self.dataset is None else (self.dataset.pair(i)[0] for i in range(len(self.dataset)))
+        model.fit_filter_statistics(staged_input(model, image) for image in images)
         if first.superpixels is not None:
             add_superpixel_branch(model, **first.superpixels)
         if first.image_head is not None:
@@ -397,7 +395,8 @@ class _FirstStageCache:
         self._saved: set[int] = set()
 
     def stage_input(self, model: Model, index: int, image) -> np.ndarray:
-        """``model.stage_input(image)`` for the data set's image ``index``."""
+        """:func:`~napari_mpf.engine.network.predict.staged_input` for the data set's image ``index``
+        (the first stage's probabilities kept on disk)."""
         path = Path(self._folder.name) / f"{index}.npy"
         if index in self._saved:
             probabilities = np.load(path)
