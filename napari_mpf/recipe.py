@@ -40,6 +40,8 @@ class Choice:
     basic: bool = False
     choices: tuple = ()
     minimum: float | None = None
+    #: the value must be above this (strictly), e.g. a learning rate above 0
+    above: float | None = None
     flag: str | None = ""
     #: values beyond ``choices`` are accepted too (a spec for ``network``)
     free_text: bool = False
@@ -77,8 +79,8 @@ class Choice:
             raise RecipeError(f"{self.name}: {value!r} is not one of {', '.join(map(str, self.choices))}")
         if self.minimum is not None and not value >= self.minimum:
             raise RecipeError(f"{self.name}: {value!r} is below the minimum {self.minimum:g}")
-        if self.kind is float and not value > 0 and self.name == "lr":
-            raise RecipeError(f"{self.name}: the learning rate must be positive, got {value!r}")
+        if self.above is not None and not value > self.above:
+            raise RecipeError(f"{self.name}: {value!r} is below the minimum: it must be above {self.above:g}")
         return value
 
 
@@ -98,7 +100,7 @@ RECIPE: tuple[Choice, ...] = (
     Choice("activation", str, "tanh", choices=("tanh", "relu"), help="activation of the hidden layers"),
     Choice("optimizer", str, TrainConfig.optimizer, choices=tuple(OPTIMIZERS),
            help="adam (default); sgd with the Armijo rule and L-BFGS are Masci et al.'s optimisers"),
-    Choice("lr", float, None, minimum=0.0,
+    Choice("lr", float, None, above=0.0,
            help="learning rate; automatic: the optimiser's default, a third of it for nets with 3+ pooling "
                 "stages, 0.3x that when a trained network continues"),
     Choice("augment", bool, TrainConfig.augment, flag="--no-augment",
