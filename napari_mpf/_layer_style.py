@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-#: label value -> colour of the ground-truth classes (1 = background, 2 = foreground, ...).
-CLASS_COLORS: dict[int, str] = {
-    1: "#1f77ff",  # background: blue
-    2: "#ffd500",  # membrane / defect: yellow
-    3: "#ff3b30",
-    4: "#34c759",
-    5: "#af52de",
-    6: "#ff9500",
-    7: "#00c7be",
-    8: "#ff2d55",
-}
+from .engine.post.colors import class_color
+
+__all__ = ["DEFAULT_CLASS_NAMES", "class_colormap", "class_features", "class_names_from_features"]
 
 DEFAULT_CLASS_NAMES = ("background", "foreground")
 
@@ -23,7 +15,7 @@ def class_colormap(n_classes: int) -> dict:
     """A direct label colormap dict (0 transparent) for ``n_classes`` classes."""
     cmap: dict = {None: "transparent", 0: "transparent"}
     for k in range(1, n_classes + 1):
-        cmap[k] = CLASS_COLORS.get(k, "#cccccc")
+        cmap[k] = class_color(k)
     return cmap
 
 

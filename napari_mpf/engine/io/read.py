@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..network.inputs import InputError  # the engine's error type, so callers catch one class
+from .ngff import ngff_metadata, open_ngff
 from .selection import parse_crop, parse_slices, select_indices
 
 __all__ = [
@@ -94,15 +95,19 @@ def read_array(
     *,
     default_key: str | None = None,
     role: str = "image",
+    level: int | None = None,
 ) -> tuple[np.ndarray, str]:
     """Read the raw array of a file and return it with a short name for messages.
 
     For ``.npz`` files and zarr groups ``key`` picks the array; without it the only array, or
     ``default_key`` when present, is used. ``key`` given for another format is an error. A folder of
-    images is read as a stack (all images must have the same shape).
+    images is read as a stack (all images must have the same shape). ``level``: the resolution level
+    of an OME-Zarr image (default 0), read as ``(Z, C, H, W)`` with the axes it has.
     """
     if _is_store_or_folder(path):
-        return _read_store_or_folder(Path(path), key, default_key, role)
+        return _read_store_or_folder(Path(path), key, default_key, role, level)
+    if level is not None:
+        raise InputError(f"{role} file {path}: --level applies to OME-Zarr images only")
     p = check_path(path, role)
     ext = p.suffix.lower()
     if key is not None and ext != ".npz":
@@ -188,12 +193,19 @@ def read_images(
     *,
     crop: str | tuple[slice, slice] | None = None,
     channels_first: bool = False,
+    level: int | None = None,
 ) -> ImageSet:
     """Read the images of one file: a list of ``(H, W)`` or ``(C, H, W)`` arrays (see module doc).
 
     Values are kept in the file's dtype (booleans become uint8); NaN or infinite values are refused.
+    An OME-Zarr image's axes say where its channels are (``channels_first`` does not apply).
     """
-    arr, name = read_array(path, key, default_key="images", role="image")
+    if is_zarr(path):
+        node, name = open_zarr(Path(path), key, "images", "image", level)
+        channels_first = getattr(node, "channels_first", channels_first)
+        arr = np.asarray(node[...])
+    else:
+        arr, name = read_array(path, key, default_key="images", role="image", level=level)
     sel = parse_slices(slices) if isinstance(slices, str) else slices
     crop_ = parse_crop(crop) if isinstance(crop, str) else crop
     if arr.dtype == bool:
@@ -335,8 +347,9 @@ def folder_files(path: str | os.PathLike) -> list[Path]:
     return sorted(files, key=natural_key)
 
 
-def open_zarr(path: Path, key: str | None, default_key: str | None, role: str):
-    """The zarr array of a store: the store's only array, or the array of a group picked by ``key``."""
+def open_zarr(path: Path, key: str | None, default_key: str | None, role: str, level: int | None = None):
+    """The zarr array of a store: the store's only array, the array of a group picked by ``key``, or
+    level ``level`` of an OME-Zarr image (an :class:`~.ngff.NgffView`, channels before rows)."""
     import zarr
 
     opt = "--labels-key" if role == "labels" else "--image-key"
@@ -344,6 +357,13 @@ def open_zarr(path: Path, key: str | None, default_key: str | None, role: str):
         node = zarr.open(str(path), mode="r")
     except Exception as exc:  # zarr raises several types for unreadable metadata
         raise InputError(f"{role} store {path} could not be opened as zarr: {type(exc).__name__}: {exc}") from None
+    meta = ngff_metadata(node) if isinstance(node, zarr.Group) else None
+    if meta is not None:
+        if key is not None:
+            raise InputError(f"{role} store {path} is an OME-Zarr image: choose a resolution with --level, not a key ('{key}')")
+        return open_ngff(path, node, meta, level, role)
+    if level is not None:
+        raise InputError(f"{role} store {path}: --level applies to OME-Zarr images (with 'multiscales' metadata) only")
     if isinstance(node, zarr.Group):
         names = sorted(node.array_keys())
         if key is None:
@@ -374,10 +394,13 @@ def open_zarr(path: Path, key: str | None, default_key: str | None, role: str):
     return node, name
 
 
-def _read_store_or_folder(p: Path, key: str | None, default_key: str | None, role: str) -> tuple[np.ndarray, str]:
+def _read_store_or_folder(p: Path, key: str | None, default_key: str | None, role: str,
+                          level: int | None = None) -> tuple[np.ndarray, str]:
     if is_zarr(p):
-        arr, name = open_zarr(p, key, default_key, role)
+        arr, name = open_zarr(p, key, default_key, role, level)
         return np.asarray(arr[...]), name
+    if level is not None:
+        raise InputError(f"{role} {p}: --level applies to OME-Zarr images only")
     if key is not None:
         raise InputError(f"{role} folder {p}: a key ('{key}') only applies to .npz files and zarr stores")
     files = folder_files(p)

@@ -112,8 +112,8 @@ class Volume:
         path = getattr(self, "path", None)
         if path is None:
             return self.name
-        key = getattr(self, "key", None)
-        return f"{path}:{key}" if key else str(path)
+        key, level = getattr(self, "key", None), getattr(self, "level", None)
+        return f"{path}:{key}" if key else f"{path}@level{level}" if level else str(path)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -192,21 +192,26 @@ class FileVolume(Volume):
     read once, whole.
     """
 
-    def __init__(self, path, key=None, slices=None, crop=None, channels_first=False, role="image"):
+    def __init__(self, path, key=None, slices=None, crop=None, channels_first=False, role="image", level=None):
         p = Path(path)
-        self.path, self.key, self.role = p.resolve(), key, role
+        self.path, self.key, self.role, self.level = p.resolve(), key, role, level
         self._given = p  # names in messages keep the path as given; workers open the absolute path
         self._handle = None
         self._kind, raw_shape, dtype, name = self._probe(key, role)
+        #: the OME-Zarr metadata the outputs keep (scale, translation, units), None for other inputs
+        self.ngff = getattr(self._handle, "ngff", None)
+        channels_first = getattr(self._handle, "channels_first", channels_first)  # NGFF: from its axes
         stack, caxis = _layout(raw_shape, channels_first, name, single_image=p.suffix.lower() in IMAGEIO_EXTENSIONS)
         super().__init__(name, raw_shape, dtype, stack, caxis, slices, crop)
 
     def _probe(self, key, role):
         p = self._given
         if is_zarr(p):
-            arr, name = open_zarr(p, key, "images" if role == "image" else "labels", role)
+            arr, name = open_zarr(p, key, "images" if role == "image" else "labels", role, self.level)
             self._handle = arr
             return "zarr", tuple(arr.shape), arr.dtype, name
+        if self.level is not None:
+            raise InputError(f"{role} {p}: --level applies to OME-Zarr images only")
         ext = p.suffix.lower()
         if ext in (".tif", ".tiff") and key is None:
             check_path(p, role)
@@ -254,7 +259,8 @@ class FileVolume(Volume):
     def _open(self):
         if self._handle is None:
             if self._kind == "zarr":
-                self._handle, _ = open_zarr(self.path, self.key, "images" if self.role == "image" else "labels", self.role)
+                self._handle, _ = open_zarr(self.path, self.key, "images" if self.role == "image" else "labels", self.role,
+                                            self.level)
             elif self._kind == "tiff-memmap":
                 import tifffile
 
@@ -308,16 +314,18 @@ def open_volume(
     crop: str | tuple[slice, slice] | None = None,
     channels_first: bool = False,
     role: str = "image",
+    level: int | None = None,
 ) -> Volume:
     """Open a file, zarr store or folder of images as a lazy :class:`Volume` (same layout rules,
-    ``slices`` and ``crop`` as :func:`read_images`)."""
+    ``slices``, ``crop`` and OME-Zarr ``level`` as :func:`read_images`)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{role} file {p} does not exist")
     if p.is_dir() and not is_zarr(p):
         if p.suffix.lower() in READ_EXTENSIONS:
             raise InputError(f"{role} file {p} is a directory, not a file")
-        if key is not None:
-            raise InputError(f"{role} folder {p}: a key ('{key}') only applies to .npz files and zarr stores")
+        if key is not None or level is not None:
+            what = f"a key ('{key}')" if key is not None else "--level"
+            raise InputError(f"{role} folder {p}: {what} only applies to .npz files and zarr stores")
         return FolderVolume(p, slices, crop, channels_first, role)
-    return FileVolume(p, key, slices, crop, channels_first, role)
+    return FileVolume(p, key, slices, crop, channels_first, role, level)

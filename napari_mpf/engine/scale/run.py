@@ -22,6 +22,7 @@ from ..io.volume import ArrayVolume, Volume
 from ..network.inputs import InputError
 from ..network.model import Model
 from .counts import CountSettings, write_counts_csv
+from .layouts import OmeLayout, layout_for
 from .lazy import normalise_chunks
 from .region import threads_per_task
 from .store import FORMAT, PROB_DTYPES, VERSION, model_token, run_chunk, run_count
@@ -48,11 +49,12 @@ class ZarrPrediction:
     ``(rows, cols)`` (default 1024; clipped to the image). ``prob_dtype``: ``"uint8"`` (default),
     ``"float16"`` or ``"float32"``. ``counts``: per-slice object counts, or None. With an existing
     store from the same model, source, chunks and encoding, finished chunks are skipped (resume);
-    anything else is refused unless ``overwrite``.
+    anything else is refused unless ``overwrite``. A path ending in ``.ome.zarr`` gets an OME-Zarr
+    image with ``levels`` pyramid levels (default: down to about 256 pixels; :mod:`.layouts`).
     """
 
     def __init__(self, model: Model, volume, path: str | Path, chunks=1024, prob_dtype: str = "uint8",
-                 counts: CountSettings | None = None, overwrite: bool = False):
+                 counts: CountSettings | None = None, overwrite: bool = False, levels: int | None = None):
         if prob_dtype not in PROB_DTYPES:
             raise InputError(f"prob_dtype must be one of {', '.join(PROB_DTYPES)}, got {prob_dtype!r}")
         if not isinstance(volume, Volume):
@@ -69,6 +71,7 @@ class ZarrPrediction:
         self.prob_dtype = prob_dtype
         self.counts = counts
         self.grid = (-(-volume.height // self.chunks[0]), -(-volume.width // self.chunks[1]))
+        self.layout = layout_for(self.path, volume, self.chunks, levels)
         self.signature = {
             "model": model_token(model),
             "source": volume.source_id,
@@ -79,6 +82,8 @@ class ZarrPrediction:
             "chunks": list(self.chunks),
             "prob_dtype": prob_dtype,
         }
+        if isinstance(self.layout, OmeLayout):  # (plain stores keep their signature: old stores resume)
+            self.signature.update(layout=self.layout.kind, levels=self.layout.levels)
         self._prepare(overwrite)
 
     # -- store
@@ -112,13 +117,14 @@ class ZarrPrediction:
             self.resumed = True
             g = zarr.open_group(str(p), mode="r+")
         else:
-            g = zarr.open_group(str(p), mode="w")
+            g = zarr.open_group(str(p), mode="w", zarr_format=3)
             seg_dtype = np.uint8 if k < 255 else np.uint16
-            g.create_array("probabilities", shape=(z, k, h, w), chunks=(1, k, cy, cx), dtype=PROB_DTYPES[self.prob_dtype][0], fill_value=0,
-                           dimension_names=("z", "class", "y", "x"))
-            g.create_array("segmentation", shape=(z, h, w), chunks=(1, cy, cx), dtype=seg_dtype, fill_value=0,
-                           dimension_names=("z", "y", "x"))
-            g.create_array("class_pixels", shape=(z, ny, nx, k), chunks=(1, 1, 1, k), dtype=np.int64, fill_value=-1)
+            prob_dtype = PROB_DTYPES[self.prob_dtype][0]
+            if isinstance(self.layout, OmeLayout):
+                self.layout.create(g, (z, k, h, w), self.chunks, prob_dtype, seg_dtype, self.volume, self.model.class_names)
+            else:
+                self.layout.create(g, (z, k, h, w), self.chunks, prob_dtype, seg_dtype)
+            self._books(g).create_array("class_pixels", shape=(z, ny, nx, k), chunks=(1, 1, 1, k), dtype=np.int64, fill_value=-1)
             g.attrs["napari_mpf"] = {
                 "format": FORMAT,
                 "version": VERSION,
@@ -135,24 +141,32 @@ class ZarrPrediction:
         if self.counts is not None:
             want = self.counts.as_dict()
             have = None
-            if "counts" in g:
-                have = dict(g["counts"].attrs.get("settings", {}))
+            books = self._books(g)
+            if "counts" in books:
+                have = dict(books["counts"].attrs.get("settings", {}))
             if have != want:
-                arr = g.create_array("counts", shape=(z, 3), chunks=(1, 3), dtype=np.int64, fill_value=-1, overwrite=True)
+                arr = books.create_array("counts", shape=(z, 3), chunks=(1, 3), dtype=np.int64, fill_value=-1, overwrite=True)
                 arr.attrs["settings"] = want
                 arr.attrs["columns"] = ["count", "object_pixels", "defect_present"]
         self.run_id = str(g.attrs["napari_mpf"].get("run_id", ""))
+
+    def _books(self, g):
+        """The group of the bookkeeping arrays (``class_pixels``, ``counts``)."""
+        prefix = self.layout.prefix.strip("/")
+        if not prefix:
+            return g
+        return g.require_group(prefix) if not g.read_only else g[prefix]
 
     def pending(self) -> tuple[list[tuple[int, int, int]], list[int]]:
         """``(chunks (z, iy, ix) still to predict, slices still to count)``."""
         import zarr
 
-        g = zarr.open_group(self.path, mode="r")
-        marks = np.asarray(g["class_pixels"][..., 0])
+        books = self._books(zarr.open_group(self.path, mode="r"))
+        marks = np.asarray(books["class_pixels"][..., 0])
         todo = [tuple(int(v) for v in idx) for idx in np.argwhere(marks < 0)]
         uncounted: list[int] = []
         if self.counts is not None:
-            counted = np.asarray(g["counts"][:, 0]) >= 0
+            counted = np.asarray(books["counts"][:, 0]) >= 0
             uncounted = [int(z) for z in np.flatnonzero(~counted)]
         return todo, uncounted
 
@@ -175,7 +189,7 @@ class ZarrPrediction:
         by_slice: dict[int, list] = {}
         tasks = []
         for z, iy, ix in todo:
-            t = chunk_fn(model, volume, self.path, self.run_id, z, iy, ix, self._box(iy, ix), self.prob_dtype, n_threads,
+            t = chunk_fn(model, volume, self.layout, self.path, self.run_id, z, iy, ix, self._box(iy, ix), self.prob_dtype, n_threads,
                          dask_key_name=f"mpf-chunk-{token}-{z}-{iy}-{ix}")
             by_slice.setdefault(z, []).append(t)
             tasks.append(t)
@@ -183,7 +197,7 @@ class ZarrPrediction:
             count_fn = dask.delayed(run_count, pure=False)
             settings = self.counts.as_dict()
             for z in uncounted:
-                tasks.append(count_fn(self.path, self.run_id, z, self.prob_dtype, settings, *by_slice.get(z, []),
+                tasks.append(count_fn(self.layout, self.path, self.run_id, z, self.prob_dtype, settings, *by_slice.get(z, []),
                                       dask_key_name=f"mpf-count-{token}-{z}"))
         return tasks, len(todo), total_chunks - len(todo)
 
@@ -312,13 +326,13 @@ class ZarrPrediction:
         """Class pixel totals over finished chunks, and the per-slice counts (if counted)."""
         import zarr
 
-        g = zarr.open_group(self.path, mode="r")
-        cp = np.asarray(g["class_pixels"][...])
+        books = self._books(zarr.open_group(self.path, mode="r"))
+        cp = np.asarray(books["class_pixels"][...])
         finished = cp[..., 0] >= 0
         per_slice = np.where(finished[..., None], cp, 0).sum(axis=(1, 2))
         out = {"class_pixels": per_slice, "finished_chunks": int(finished.sum()), "total_chunks": int(finished.size)}
-        if self.counts is not None and "counts" in g:
-            out["counts"] = np.asarray(g["counts"][...])
+        if self.counts is not None and "counts" in books:
+            out["counts"] = np.asarray(books["counts"][...])
         return out
 
     def write_csv(self, path: str | Path) -> Path:

@@ -1,8 +1,8 @@
 """The zarr store of a :class:`~napari_mpf.engine.scale.run.ZarrPrediction` and its tasks (one output
 chunk; one slice's counts), which dask runs anywhere.
 
-Output store layout (zarr v3 group): ``probabilities`` ``(Z, K, H, W)`` (uint8 = round(255 p),
-float16 or float32), ``segmentation`` ``(Z, H, W)`` uint8 labels 1..K, ``class_pixels``
+Plain store layout (zarr v3 group; OME-Zarr: :mod:`.layouts`): ``probabilities`` ``(Z, K, H, W)``
+(uint8 = round(255 p), float16 or float32), ``segmentation`` ``(Z, H, W)`` uint8 labels 1..K, ``class_pixels``
 ``(Z, ny, nx, K)`` int64 pixels per class of every output chunk (-1 = chunk not finished: the
 resume marker, written last), and with counting ``counts`` ``(Z, 3)`` int64 (objects, object pixels,
 defect present; -1 = not counted). The group's ``napari_mpf`` attribute holds the class names, the
@@ -78,10 +78,10 @@ def _output(path: str, run_id: str, name: str):
     return _OPENED.get_or_compute((path, run_id, name), lambda: zarr.open_array(path, path=name, mode="r+"))
 
 
-def run_chunk(model: Model, volume: Volume, path: str, run_id: str, z: int, iy: int, ix: int, box: tuple, prob_dtype: str,
-               n_threads: int | None = None) -> tuple:
-    """One output chunk: read its region (with the halo), predict, write probabilities, labels and
-    (last, as the 'finished' marker) the class pixel counts."""
+def run_chunk(model: Model, volume: Volume, layout, path: str, run_id: str, z: int, iy: int, ix: int, box: tuple,
+              prob_dtype: str, n_threads: int | None = None) -> tuple:
+    """One output chunk: read its region (with the halo), predict, write probabilities, labels (at
+    every level of the ``layout``) and (last, as the 'finished' marker) the class pixel counts."""
     y0, y1, x0, x1 = box
     try:
         with numba_threads(n_threads):
@@ -89,21 +89,22 @@ def run_chunk(model: Model, volume: Volume, path: str, run_id: str, z: int, iy: 
     except InputError as exc:
         raise InputError(f"{volume.names[z]}: {exc}") from None
     seg = segment(probs)
-    _output(path, run_id, "probabilities")[z, :, y0:y1, x0:x1] = encode_probabilities(probs, prob_dtype)
-    _output(path, run_id, "segmentation")[z, y0:y1, x0:x1] = seg
+    layout.write(lambda name: _output(path, run_id, name), z, box, encode_probabilities(probs, prob_dtype), seg)
     hist = np.bincount(seg.ravel(), minlength=model.n_classes + 1)[1:].astype(np.int64)
-    _output(path, run_id, "class_pixels")[z, iy, ix, :] = hist
+    _output(path, run_id, layout.prefix + "class_pixels")[z, iy, ix, :] = hist
     return ("chunk", z, iy, ix)
 
 
-def run_count(path: str, run_id: str, z: int, prob_dtype: str, settings: dict, *chunks_done) -> tuple:
+def run_count(layout, path: str, run_id: str, z: int, prob_dtype: str, settings: dict, *chunks_done) -> tuple:
     """Objects in slice ``z`` from the stored probabilities (after all its chunks are written)."""
     import zarr
 
-    p = decode_probabilities(_output(path, run_id, "probabilities")[z, settings["class_index"]], prob_dtype)
+    stored = layout.probabilities(lambda name: _output(path, run_id, name), z, settings["class_index"])
+    p = decode_probabilities(stored, prob_dtype)
     res = count_objects(p, settings["threshold"], settings["min_area"], settings["min_count"], settings["min_pixels"])
     row = np.array([res.count, int(res.pixels.sum()), int(res.defect_present)], np.int64)
-    zarr.open_array(path, path="counts", mode="r+")[z, :] = row  # not cached: recreated when the settings change
+    # not cached: recreated when the settings change
+    zarr.open_array(path, path=layout.prefix + "counts", mode="r+")[z, :] = row
     return ("count", z, *row.tolist())
 
 
