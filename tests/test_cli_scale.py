@@ -227,3 +227,37 @@ def test_train_on_a_folder_of_pairs_streams_them(tmp_path):
     model = load_model(two)
     assert model.context is not None and model.provenance["steps"] == 2 and model.context.provenance["steps"] == 2
     assert np.isfinite(model.filter_mean).all() and model.filter_mean.size == 2 * 18
+
+
+def test_ome_zarr_in_and_out_on_a_local_cluster(data, capsys, tmp_path):
+    """An NGFF image (czyx, written by ome-zarr) -> ``--out X.ome.zarr``: the labels equal in-memory
+    prediction, keep the input's scale, and a 2-worker LocalCluster writes the same store as threads."""
+    pytest.importorskip("distributed")
+    from ome_zarr.writer import write_multiscales_metadata
+
+    d, stack = data
+    src = tmp_path / "in.ome.zarr"
+    g = zarr.open_group(str(src), mode="w", zarr_format=3)
+    g.create_array("0", data=stack[None], chunks=(1, 1, 20, 20))
+    write_multiscales_metadata(g, [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 2.0, 0.5, 0.5]}]}],
+                               axes=[{"name": "c", "type": "channel"}] + [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"])
+    args = ["predict", "--model", d / "m.npz", "--image", src, "--chunks", "16", "--levels", "2", "--counts", tmp_path / "c.csv", "-q"]
+    code, out, err = run(capsys, *args, "--out", tmp_path / "cluster.ome.zarr", "--scheduler", "local", "--workers", "2")
+    assert code == 0, err
+    assert "OME-Zarr image of the probabilities" in out and "2 level(s)" in out
+    assert run(capsys, *args, "--out", tmp_path / "threads.ome.zarr", "--scheduler", "threads")[0] == 0
+    cluster = zarr.open_group(str(tmp_path / "cluster.ome.zarr"), mode="r")
+    local = zarr.open_group(str(tmp_path / "threads.ome.zarr"), mode="r")
+    names = ["0", "1", "labels/segmentation/0", "labels/segmentation/1", "napari_mpf/class_pixels", "napari_mpf/counts"]
+    for name in names:
+        np.testing.assert_array_equal(cluster[name][...], local[name][...], err_msg=name)
+    model = load_model(d / "m.npz")
+    np.testing.assert_array_equal(cluster["labels/segmentation/0"][...], np.stack([segment(predict_proba(model, s)) for s in stack]))
+    ds = cluster["labels/segmentation"].attrs["ome"]["multiscales"][0]["datasets"][1]
+    assert ds["coordinateTransformations"][0]["scale"] == [2.0, 1.0, 1.0]
+    assert len((tmp_path / "c.csv").read_text().splitlines()) == 6
+    err = user_error(capsys, "predict", "--model", d / "m.npz", "--image", src, "--out", tmp_path / "x.npy", "--levels", "2")
+    assert "--levels applies to a .zarr output" in err
+    err = user_error(capsys, "predict", "--model", d / "m.npz", "--image", src, "--level", "1", "--out", tmp_path / "y.npy")
+    assert "--level 1 does not exist; the image has level(s) 0..0" in err
+    assert not (tmp_path / "y.npy").exists()

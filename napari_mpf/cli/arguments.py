@@ -17,14 +17,22 @@ from .predict import cmd_predict
 from .train import cmd_train
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, least: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    if v < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {v}")
     return v
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def _positive_float(text: str) -> float:
@@ -52,6 +60,7 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slices", metavar="SEL", help="slices of a stack (first axis) to use: 0:5, 3, 0,4,7 or ::2 (applies to every file)")
     p.add_argument("--crop", metavar="Y0:Y1,X0:X1", help="use only these rows and columns of every image, e.g. 0:256,0:256")
     p.add_argument("--channels-first", action="store_true", help="a 3-D array is one (C, H, W) image, a 4-D array a (Z, C, H, W) stack (default: 3-D = stack of 2-D images)")
+    p.add_argument("--level", type=_nonnegative_int, metavar="N", help="resolution level of an OME-Zarr image (default 0, the full resolution); its axes say where channels and slices are")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="MODEL.mpf.npz", help="a model file (any .npz written by napari-mpf)")
     p.add_argument("--image", required=True, metavar="FILE|FOLDER|STORE.zarr", help="image file, zarr store or folder of images (a stack)")
     _add_image_options(p)
-    p.add_argument("--out", required=True, metavar="PROBS", help="probabilities: .npy, .tif, .npz, or a .zarr store for big volumes")
+    p.add_argument("--out", required=True, metavar="PROBS", help="probabilities: .npy, .tif, .npz, or a .zarr store for big volumes (.ome.zarr: an OME-Zarr image with the segmentation as its labels)")
     p.add_argument("--segmentation", metavar="SEG", help="also write the arg-max labels 1..K: .tif, .png, .npy or .npz (a .zarr output always holds them)")
     p.add_argument("--prob-dtype", choices=tuple(PROB_DTYPES), default=None, help="probabilities as uint8 (p*255), float16 or float32 (default: float32 for files, uint8 for .zarr)")
     p.add_argument("--counts", metavar="CSV", help="write per-slice object counts (defect present or not) and class fractions as CSV")
@@ -142,12 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true",
                    help="test-time augmentation: average the probabilities over the 8 rotations and flips of each "
                    "image (8x the time; in-memory outputs only, not .zarr)")
-    big = p.add_argument_group("big volumes (--out STORE.zarr)")
+    big = p.add_argument_group("big volumes (--out STORE.zarr, or STORE.ome.zarr for OME-Zarr)")
     big.add_argument("--chunks", metavar="N|ROWS,COLS", help="output chunk (tile) size; each reads the window's halo around it (default 1024)")
     big.add_argument("--scheduler", metavar="WHERE", help="'local' (a local dask.distributed cluster; the default when distributed is installed), 'threads' (the default otherwise) or 'sync' (no cluster), or a scheduler address such as tcp://host:8786")
     big.add_argument("--workers", type=_positive_int, help="local cluster: number of worker processes (default: one per core)")
     big.add_argument("--memory-limit", metavar="SIZE", help="local cluster: memory limit per worker, e.g. 2GB (default: dask's)")
     big.add_argument("--overwrite", action="store_true", help="start again instead of resuming an existing store")
+    big.add_argument("--levels", type=_positive_int, metavar="N", help="pyramid levels of a .ome.zarr output, each half the size of the one before (default: down to about 256 pixels; the chunk sides must be divisible by 2^(N-1))")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 

@@ -32,6 +32,7 @@ from ..engine.scale import (
     encode_probabilities,
     write_counts_csv,
 )
+from ..engine.scale.layouts import OME_SUFFIX, OmeLayout
 from .common import (
     PROB_EXT,
     SEG_EXT,
@@ -55,7 +56,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise CLIError("--augment needs whole images and does not apply to a .zarr output "
                            "(computed chunk by chunk); write .npy, .tif or .npz instead")
         return _predict_zarr(args)
-    for opt in ("chunks", "scheduler", "workers", "memory_limit"):
+    for opt in ("chunks", "scheduler", "workers", "memory_limit", "levels"):
         if getattr(args, opt) is not None:
             raise CLIError(f"--{opt.replace('_', '-')} applies to a .zarr output (big volumes) only")
     if args.overwrite:
@@ -73,7 +74,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         check_writable(o)
     model = load_model(args.model)
     settings = _count_settings(args, model) if counts_out is not None else None
-    imgs = files.read_images(args.image, args.image_key, args.slices, crop=args.crop, channels_first=args.channels_first)
+    imgs = files.read_images(args.image, args.image_key, args.slices, crop=args.crop, channels_first=args.channels_first,
+                             level=args.level)
     if seg_out is not None and seg_out.suffix.lower() == ".png" and imgs.stack:
         raise CLIError(f"segmentation file {seg_out}: PNG holds one image; {args.image} is a stack of {len(imgs)}, "
                        "write .tif instead")
@@ -264,7 +266,8 @@ def _predict_zarr(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"output store {out} exists and is a file, not a zarr store")
     if args.segmentation:
-        raise CLIError("with a .zarr output the segmentation is stored in the store (array 'segmentation'); drop --segmentation")
+        where = "its label image labels/segmentation" if _is_ome(out) else "array 'segmentation'"
+        raise CLIError(f"with a .zarr output the segmentation is stored in the store ({where}); drop --segmentation")
     refuse_overwrite(out, [args.image, args.model], "output store")
     counts_out = check_out(args.counts, (".csv",), "counts file") if args.counts else None
     check_writable(out, inside=out.is_dir())
@@ -278,7 +281,8 @@ def _predict_zarr(args: argparse.Namespace) -> int:
     if model.image_head is not None:
         print("note: the model's image-level head needs whole images and is not evaluated for a .zarr output")
     settings = _count_settings(args, model) if counts_out is not None else None
-    vol = files.open_volume(args.image, args.image_key, args.slices, crop=args.crop, channels_first=args.channels_first)
+    vol = files.open_volume(args.image, args.image_key, args.slices, crop=args.crop, channels_first=args.channels_first,
+                            level=args.level)
     prob_dtype = args.prob_dtype or "uint8"
     z, c, h, w = vol.shape
     wh, ww = model.window
@@ -297,9 +301,14 @@ def _predict_zarr(args: argparse.Namespace) -> int:
     try:
         with _store_errors(out), _dask_scheduler(args) as (scheduler, where):
             # the store is made (or checked for resuming) once the scheduler is up
-            job = ZarrPrediction(model, vol, out, chunks, prob_dtype, settings, overwrite=args.overwrite)
-            print(f"output: {out}: probabilities ({z}, {model.n_classes}, {h}, {w}) {prob_dtype}, segmentation; "
-                  f"chunks {job.chunks[0]}x{job.chunks[1]} (+ a {wh}x{ww} window's halo), {job.grid[0] * job.grid[1]} per slice")
+            job = ZarrPrediction(model, vol, out, chunks, prob_dtype, settings, overwrite=args.overwrite, levels=args.levels)
+            if isinstance(job.layout, OmeLayout):
+                what = (f"an OME-Zarr image of the probabilities ({model.n_classes} channels, {prob_dtype}) with the "
+                        f"label image labels/segmentation, {job.layout.levels} level(s)")
+            else:
+                what = f"probabilities ({z}, {model.n_classes}, {h}, {w}) {prob_dtype}, segmentation"
+            print(f"output: {out}: {what}; chunks {job.chunks[0]}x{job.chunks[1]} (+ a {wh}x{ww} window's halo), "
+                  f"{job.grid[0] * job.grid[1]} per slice")
             todo, _ = job.pending()
             n_chunks = z * job.grid[0] * job.grid[1]
             if job.resumed:
@@ -334,6 +343,10 @@ def _predict_zarr(args: argparse.Namespace) -> int:
         print(f"wrote per-slice counts of '{names[settings.class_index]}' objects to {counts_out}: "
               f"{int(counts[:, 0].sum())} object(s), {int(counts[:, 2].sum())} of {z} slice(s) flagged")
     return 0
+
+
+def _is_ome(path: Path) -> bool:
+    return str(path).lower().rstrip("/").endswith(OME_SUFFIX)
 
 
 @contextmanager

@@ -82,6 +82,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.pairs is not None:
         if args.image or args.labels or args.sample_labels is not None:
             raise CLIError("--pairs replaces --image/--labels (and --sample-labels does not apply to it)")
+        if args.level is not None:
+            raise CLIError("--level applies to an OME-Zarr --image, not to --pairs")
         return _train_pairs(args, out)
     if not args.image or not args.labels:
         raise CLIError("give --image and --labels (or --pairs FOLDER)")
@@ -92,7 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     masks: list[np.ndarray] = []
     sources = []
     for img_path, lab_path in zip(args.image, args.labels, strict=True):
-        imgs = files.read_images(img_path, args.image_key, args.slices, crop=args.crop, channels_first=args.channels_first)
+        imgs = files.read_images(img_path, args.image_key, args.slices, crop=args.crop, channels_first=args.channels_first,
+                                 level=args.level)
         labs = files.read_labels(lab_path, args.labels_key, args.slices, crop=args.crop, offset=args.label_offset,
                                  max_label=files.MAX_CLASSES)
         if len(imgs) != len(labs):

@@ -52,14 +52,15 @@ def _transform(transforms: list[dict] | None, ndim: int) -> tuple[np.ndarray, np
 
 
 class NgffView:
-    """One level of an NGFF image as an array in this package's layout: axes ``z``, ``c`` (if present),
-    ``y``, ``x`` in that order, other axes (``t``) fixed at 0. Only what the readers use: ``shape``,
+    """One level of an NGFF image as an array in this package's layout: axes ``z``, ``c`` (if present,
+    with more than one channel), ``y``, ``x`` in that order, other axes (``t``) fixed at 0. Only what the readers use: ``shape``,
     ``dtype``, ``ndim``, ``size`` and indexing by a tuple of ints and slices."""
 
     def __init__(self, array, axes: list[str], info: NgffInfo):
         self.array, self.axes, self.ngff = array, list(axes), info
-        self.view_axes = [a for a in ("z", "c") if a in axes] + ["y", "x"]
-        self.channels_first = "c" in axes
+        one_channel = "c" in axes and array.shape[axes.index("c")] == 1  # read as grayscale
+        self.view_axes = [a for a in ("z", "c") if a in axes and not (a == "c" and one_channel)] + ["y", "x"]
+        self.channels_first = "c" in self.view_axes
         self.dtype = array.dtype
         self.shape = tuple(int(array.shape[axes.index(a)]) for a in self.view_axes)
         self.ndim = len(self.shape)
