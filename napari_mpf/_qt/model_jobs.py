@@ -13,9 +13,20 @@ from qtpy.QtWidgets import QFileDialog
 
 from ..engine import Model, ModelFileError, load_model, save_model
 from ..engine.io.modelfile import MODEL_SUFFIX
+from ..engine.scale.layouts import OME_SUFFIX
 from .controller import UserError
 
-__all__ = ["ModelJobs"]
+__all__ = ["ModelJobs", "ZARR_FILTERS", "store_path"]
+
+#: the save dialog's choices: an OME-Zarr image (napari-ome-zarr opens it with the labels) or a plain store
+ZARR_FILTERS = (f"OME-Zarr image (*{OME_SUFFIX})", "Zarr store (*.zarr)")
+
+
+def store_path(path: str, chosen_filter: str) -> str:
+    """The dialog's path with the chosen kind's suffix added when the name has none."""
+    if path.lower().endswith(".zarr"):
+        return path
+    return path + (OME_SUFFIX if chosen_filter == ZARR_FILTERS[0] or not chosen_filter else ".zarr")
 
 
 class ModelJobs:
@@ -97,10 +108,10 @@ class ModelJobs:
 
     def zarr_dialog(self) -> None:
         image = self.image_combo.layer()
-        default = f"{image.name if image is not None else 'prediction'}.zarr"
-        path, _ = QFileDialog.getSaveFileName(self, "Predict to zarr store", default, "Zarr store (*.zarr)")
+        default = f"{image.name if image is not None else 'prediction'}{OME_SUFFIX}"
+        path, chosen = QFileDialog.getSaveFileName(self, "Predict to zarr store", default, ";;".join(ZARR_FILTERS))
         if path:
-            self.predict_to_zarr(path)
+            self.predict_to_zarr(store_path(path, chosen))
 
     def predict_to_zarr(self, path, image_layer=None, notify: bool = True, prob_dtype: str = "uint8"):
         """Predict every slice of ``image_layer`` into the zarr store ``path`` in a worker (Stop stops it;

@@ -14,6 +14,7 @@ from napari.layers import Image, Labels
 
 from .._layer_style import class_colormap, class_features
 from ..engine import InputError, Model, segment
+from ..engine.io.ngff import NgffInfo
 from ..engine.io.volume import ArrayVolume
 from ..engine.post.objects import ObjectCounts, count_objects
 from ..engine.post.uncertainty import Uncertain, least_certain, uncertainty
@@ -259,9 +260,11 @@ class OutputLayers:
         self._refuse_superpixel_branch(model, image_layer, "would be predicted into zarr chunk by chunk")
         p = Path(path)
         if p.suffix.lower() != ".zarr":
-            raise UserError(f"Choose a store whose name ends with .zarr (got '{p.name}').")
+            raise UserError(f"Choose a store whose name ends with .ome.zarr (OME-Zarr) or .zarr (got '{p.name}').")
+        n = 2 + (image_layer.ndim - (3 if image_layer.rgb else 2))  # spatial axes: y, x and a stack's z
+        geometry = NgffInfo.from_scale(image_layer.scale[-n:], image_layer.translate[-n:])
         try:
-            volume = ArrayVolume(image_layer.data, rgb=image_layer.rgb, name=image_layer.name)
+            volume = ArrayVolume(image_layer.data, rgb=image_layer.rgb, name=image_layer.name, ngff=geometry)
             return ZarrPrediction(model.copy(), volume, p, self.LAZY_TILE, prob_dtype, counts, overwrite)
         except InputError as exc:
             raise UserError(str(exc)) from exc
@@ -280,26 +283,39 @@ class OutputLayers:
 
         info = self.image_info(image_layer)
         meta = open_prediction(path)
-        probs = da.from_zarr(str(path), component="probabilities")
-        scale = float(meta.get("probability_scale", 1.0))
-        probs = probs.astype(np.float32) / np.float32(scale) if scale != 1.0 else probs
-        seg = da.from_zarr(str(path), component="segmentation")
-        if not info.is_stack:
-            probs, seg = probs[0], seg[0]
+        scale = np.float32(meta.get("probability_scale", 1.0))
+        levels = int(meta.get("signature", {}).get("levels", 0))
+        if levels:  # OME-Zarr: every pyramid level, as a multiscale layer; probabilities (K, [Z,] H, W)
+            probs = [da.moveaxis(da.from_zarr(str(path), component=str(lv)), 0, -3) for lv in range(levels)]
+            seg = [da.from_zarr(str(path), component=f"labels/segmentation/{lv}") for lv in range(levels)]
+        else:
+            probs = [da.from_zarr(str(path), component="probabilities")]
+            seg = [da.from_zarr(str(path), component="segmentation")]
+            if not info.is_stack:
+                probs, seg = [probs[0][0]], [seg[0][0]]
+        probs = [p.astype(np.float32) / scale if scale != 1.0 else p for p in probs]
         return self._show_dask(image_layer, probs, seg, list(meta["class_names"]), {"lazy": True, "zarr": str(path)})
 
     def _show_dask(self, image_layer, probs, seg, class_names: list[str], meta: dict) -> tuple[list[Image], Labels]:
-        stack = probs.ndim == 4
+        """Output layers of dask arrays: probabilities ``([Z,] K, H, W)`` and labels, or lists of them
+        (the levels of a pyramid, shown as multiscale layers)."""
+        pyramid = isinstance(probs, list)
+        probs, seg = (probs, seg) if pyramid else ([probs], [seg])
+        stack = probs[0].ndim == 4
+
+        def one(levels):
+            return levels if len(levels) > 1 else levels[0]
+
         layers = []
         for k, name in self.prob_names(image_layer, class_names):
             layer = self._dask_layer(
-                name, "probability", Image, probs[:, k] if stack else probs[k], image_layer,
+                name, "probability", Image, one([p[:, k] if stack else p[k] for p in probs]), image_layer,
                 colormap=PROB_COLORMAPS.get(k + 1, "gray"), contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7,
             )
             layer.metadata.update(meta, **{"class": class_names[k]})
             layers.append(layer)
         seg_layer = self._dask_layer(
-            f"{image_layer.name} segmentation", "segmentation", Labels, seg, image_layer,
+            f"{image_layer.name} segmentation", "segmentation", Labels, one(seg), image_layer,
             opacity=0.35, colormap=class_colormap(len(class_names)), features=class_features(class_names),
         )
         seg_layer.metadata.update(meta, class_names=list(class_names))
@@ -315,7 +331,7 @@ class OutputLayers:
             if layer.metadata.get(OUTPUT_KEY) != role or not isinstance(layer, kind):
                 raise UserError(f"A layer named '{name}' already exists and was not made by napari-mpf; rename it.")
             layers.remove(layer)
-        nd = data.ndim
+        nd = (data[0] if isinstance(data, list) else data).ndim
         meta = {OUTPUT_KEY: role, "image": image_layer.name}
         adder = self.viewer.add_image if kind is Image else self.viewer.add_labels
         return adder(data, name=name, scale=image_layer.scale[-nd:], translate=image_layer.translate[-nd:], metadata=meta, **kwargs)

@@ -117,3 +117,41 @@ def test_predict_to_zarr_progress_stop_and_resume(viewer_widget, qtbot, model, t
     assert prob.metadata["zarr"] == str(path)
     np.testing.assert_allclose(np.asarray(prob.data[2]), np.rint(want[2, 1] * 255) / 255, atol=1e-6)
     assert "object(s) in 5 slice(s)" in w.count_label.text()
+
+
+def test_predict_to_ome_zarr_opens_as_labels_of_the_image_at_its_scale(viewer_widget, qtbot, model, tmp_path, monkeypatch):
+    """'Predict to zarr…' into *.ome.zarr: multiscale output layers, and napari-ome-zarr opens the store
+    as the image's labels at the image layer's scale and position."""
+    viewer, w = viewer_widget
+    stack = _stack(2, shape=(600, 520))
+    layer = viewer.add_image(stack, name="em", scale=(2.0, 0.5, 0.25), translate=(4.0, 1.0, 3.0))
+    w.image_combo.set_layer(layer)
+    w.controller.model = model
+    monkeypatch.setattr(type(w.controller), "LAZY_TILE", 256)  # 600 px and 256-px chunks: 2 levels
+    path = tmp_path / "em.ome.zarr"
+    with qtbot.waitSignal(w.prediction_finished, timeout=30_000):
+        w.predict_to_zarr(path)
+    wait_idle(qtbot, w)
+    seg_layer = viewer.layers["em segmentation"]
+    want = np.stack([segment(predict_proba(model, s)) for s in stack])
+    assert seg_layer.multiscale and [d.shape for d in seg_layer.data] == [(2, 600, 520), (2, 300, 260)]
+    np.testing.assert_array_equal(np.asarray(seg_layer.data[0]), want)
+    np.testing.assert_array_equal(np.asarray(seg_layer.data[1]), want[:, ::2, ::2])
+    assert viewer.layers["em p(blob)"].multiscale
+    np.testing.assert_allclose(seg_layer.scale, layer.scale)
+    opened = viewer.open(str(path), plugin="napari-ome-zarr")
+    labels = [lay for lay in opened if lay._type_string == "labels"]
+    assert len(labels) == 1
+    np.testing.assert_allclose(labels[0].scale, layer.scale)  # (napari-ome-zarr 0.10 reads no translation)
+    np.testing.assert_allclose(seg_layer.translate, layer.translate)
+    assert list(labels[0].features["class"]) == ["background", "blob"]
+    level0 = labels[0].data[0] if labels[0].multiscale else labels[0].data
+    np.testing.assert_array_equal(np.asarray(level0), want)
+
+
+def test_zarr_dialog_suffix():
+    from napari_mpf._qt.model_jobs import ZARR_FILTERS, store_path
+
+    assert store_path("/d/vol", ZARR_FILTERS[0]) == "/d/vol.ome.zarr"
+    assert store_path("/d/vol", ZARR_FILTERS[1]) == "/d/vol.zarr"
+    assert store_path("/d/vol.zarr", ZARR_FILTERS[0]) == "/d/vol.zarr"

@@ -32,6 +32,13 @@ class NgffInfo:
     translation: tuple[float, ...]
     channel_names: tuple[str, ...] = ()
 
+    @classmethod
+    def from_scale(cls, scale, translation) -> NgffInfo:
+        """Geometry without a file (e.g. a napari layer's ``scale`` and ``translate``, 2 or 3 values)."""
+        spatial = ("z", "y", "x")[-len(scale):]
+        return cls("", 0, "", spatial, (None,) * len(spatial), tuple(float(v) for v in scale),
+                   tuple(float(v) for v in translation))
+
 
 def ngff_metadata(group) -> dict | None:
     """The OME metadata of a zarr group (``attrs["ome"]`` in 0.5, the attributes in 0.4), or None when

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..lru import LRUCache
 from ..network.inputs import InputError
+from .ngff import NgffInfo
 from .read import (
     FOLDER_EXTENSIONS,
     IMAGEIO_EXTENSIONS,
@@ -162,11 +163,13 @@ class ArrayVolume(Volume):
     """A volume over an array already open in this process: NumPy, zarr, dask or any array that slices.
 
     ``rgb``: the last axis holds colour channels (napari's RGB layers); otherwise a 3-D array is a
-    stack of grayscale images. (Not for sending to another process: the array goes with it.)
+    stack of grayscale images. ``ngff``: the physical scale an OME-Zarr output keeps. (Not for sending to another process: the array goes with it.)
     """
 
-    def __init__(self, array, rgb: bool = False, name: str = "array", slices=None, crop=None):
+    def __init__(self, array, rgb: bool = False, name: str = "array", slices=None, crop=None, ngff: NgffInfo | None = None):
         self.array = array
+        #: the geometry an OME-Zarr output keeps (e.g. from a napari layer's scale), or None
+        self.ngff = ngff
         shape = tuple(array.shape)
         nd = len(shape) - (1 if rgb else 0)
         if nd not in (2, 3):
