@@ -8,6 +8,8 @@
    (uint8 probabilities, segmentation, per-slice counts) for growing volumes, with the local threaded
    scheduler and once on a ``dask.distributed`` LocalCluster: pixels/s and the growth of peak RSS
    (VmHWM) over the process's RSS before the run (it should stay flat as the volume grows).
+3. OME-Zarr output (``--out X.ome.zarr``: NGFF image, labels group, 2 pyramid levels) against the
+   plain store, same volume and chunks, runs alternated, median of ``--repeats``.
 
     python benchmarks/bench_chunked.py            # about 1 minute on 2 cores
     python benchmarks/bench_chunked.py --quick    # smaller images, 1 repeat
@@ -49,8 +51,9 @@ def status(key):
 
 model, warm, image, out, scheduler, chunks = sys.argv[1:7]
 extra = ["--workers", "2"] if scheduler in ("threads", "local") else []
-common = ["--scheduler", scheduler, *extra, "--chunks", chunks, "-q"]
-assert cli.main(["predict", "--model", model, "--image", warm, "--out", out + ".warm.zarr", "--scheduler", "threads", "--chunks", chunks, "-q"]) == 0
+common = ["--scheduler", scheduler, *extra, "--chunks", chunks, "-q"] + (["--levels", "2"] if out.endswith(".ome.zarr") else [])
+warm_out = out[:-len(".ome.zarr")] + ".warm.ome.zarr" if out.endswith(".ome.zarr") else out + ".warm.zarr"
+assert cli.main(["predict", "--model", model, "--image", warm, "--out", warm_out, *common]) == 0
 try:
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
@@ -109,37 +112,50 @@ def in_memory(model: Model, stack: np.ndarray, chunk_sizes, repeats: int) -> dic
     return res
 
 
-def on_disk(model_path: Path, n_slices, side: int, chunks: int, tmp: Path, cluster: bool) -> list[dict]:
+def _disk_run(model_path: Path, n: int, side: int, chunks: int, tmp: Path, scheduler: str, suffix: str = ".zarr",
+              tag: str = "") -> dict:
+    """One ``napari-mpf predict`` of an ``n``-slice zarr volume in a fresh process: seconds and RSS."""
     import tifffile
     import zarr
 
     warm = tmp / "warm.tif"
-    tifffile.imwrite(warm, smooth_stack(1, 128, seed=9))
+    if not warm.exists():
+        tifffile.imwrite(warm, smooth_stack(1, 128, seed=9))
+    src = tmp / f"in{n}.zarr"
+    if not src.exists():
+        g = zarr.open_group(str(src), mode="w")
+        arr = g.create_array("images", shape=(n, side, side), chunks=(1, 256, 256), dtype=np.float32)
+        for z in range(n):
+            arr[z] = smooth_stack(1, side, seed=z)[0]
+    dst = tmp / f"out{n}-{scheduler}{tag}{suffix}"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUN, str(model_path), str(warm), str(src), str(dst), scheduler, str(chunks)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    px = n * side * side
+    return {"slices": n, "volume_mb": px * 4 / 2**20, "px_s": px / r["seconds"],
+            "rss_growth_mb": (r["peak"] - r["base"]) / 2**20, "peak_rss_mb": r["peak"] / 2**20}
+
+
+def on_disk(model_path: Path, n_slices, side: int, chunks: int, tmp: Path, cluster: bool) -> list[dict]:
     runs = [(n, "threads") for n in n_slices] + ([(n_slices[1], "local")] if cluster else [])
-    out = []
-    for n, scheduler in runs:
-        src = tmp / f"in{n}.zarr"
-        if not src.exists():
-            g = zarr.open_group(str(src), mode="w")
-            arr = g.create_array("images", shape=(n, side, side), chunks=(1, 256, 256), dtype=np.float32)
-            for z in range(n):
-                arr[z] = smooth_stack(1, side, seed=z)[0]
-        dst = tmp / f"out{n}-{scheduler}.zarr"
-        proc = subprocess.run(
-            [sys.executable, "-c", _RUN, str(model_path), str(warm), str(src), str(dst), scheduler, str(chunks)],
-            capture_output=True, text=True, env=env, timeout=600,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(proc.stderr[-3000:])
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        px = n * side * side
-        out.append({
-            "slices": n, "scheduler": "LocalCluster, 2 processes*" if scheduler == "local" else "threads (2)",
-            "volume_mb": px * 4 / 2**20, "px_s": px / r["seconds"],
-            "rss_growth_mb": (r["peak"] - r["base"]) / 2**20, "peak_rss_mb": r["peak"] / 2**20,
-        })
-    return out
+    return [{**_disk_run(model_path, n, side, chunks, tmp, scheduler),
+             "scheduler": "LocalCluster, 2 processes*" if scheduler == "local" else "threads (2)"} for n, scheduler in runs]
+
+
+def ome_vs_plain(model_path: Path, n: int, side: int, chunks: int, tmp: Path, repeats: int) -> dict:
+    """The same volume into a plain store and an OME-Zarr image, alternated: medians and their ratio."""
+    runs: dict[str, list[dict]] = {".zarr": [], ".ome.zarr": []}
+    for i in range(repeats):
+        for suffix in runs:
+            runs[suffix].append(_disk_run(model_path, n, side, chunks, tmp, "threads", suffix, tag=f"-r{i}"))
+    med = {s: {k: statistics.median(r[k] for r in rs) for k in ("px_s", "rss_growth_mb", "peak_rss_mb")} for s, rs in runs.items()}
+    return {"slices": n, "side": side, "chunks": chunks, "plain": med[".zarr"], "ome": med[".ome.zarr"],
+            "ome_over_plain_px_s": med[".ome.zarr"]["px_s"] / med[".zarr"]["px_s"]}
 
 
 def main(argv=None) -> None:
@@ -175,6 +191,7 @@ def main(argv=None) -> None:
         except ImportError:
             cluster = False
         disk = on_disk(tmp / "model.npz", disk_slices, disk_side, 512, tmp, cluster)
+        ome = ome_vs_plain(tmp / "model.npz", disk_slices[1], disk_side, 256, tmp, max(repeats, 2))
     print(f"\non disk: napari-mpf predict zarr -> zarr (uint8 probabilities, segmentation, counts), {disk_side}x{disk_side} slices, 512x512 chunks:")
     print("  slices  volume    scheduler                    Mpixel/s  vs whole  peak RSS growth  peak RSS")
     for r in disk:
@@ -183,9 +200,16 @@ def main(argv=None) -> None:
               f"{r['rss_growth_mb']:11.1f} MB  {r['peak_rss_mb']:6.0f} MB")
     if any("LocalCluster" in r["scheduler"] for r in disk):
         print("  * its time includes starting the cluster; its RSS is the client process's (the workers are separate)")
+    print(f"\nOME-Zarr image (2 levels, labels group) vs plain store, {ome['slices']} slices of {disk_side}x{disk_side}, "
+          f"{ome['chunks']}x{ome['chunks']} chunks, threads (2), median of {max(repeats, 2)} alternated runs:")
+    print("  output     Mpixel/s  peak RSS growth  peak RSS")
+    for name in ("plain", "ome"):
+        r = ome[name]
+        print(f"  {name:9s}  {r['px_s'] / 1e6:8.3f}  {r['rss_growth_mb']:11.1f} MB  {r['peak_rss_mb']:6.0f} MB")
+    print(f"  OME-Zarr / plain throughput: {ome['ome_over_plain_px_s']:.3f}")
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps({"in_memory": mem, "on_disk": disk}, indent=2, default=str))
+        args.json.write_text(json.dumps({"in_memory": mem, "on_disk": disk, "ome_vs_plain": ome}, indent=2, default=str))
 
 
 if __name__ == "__main__":
