@@ -56,7 +56,7 @@ _DEFAULTS = recipe.defaults()
 RECIPE_KEYS = {"network": "preset", "filters": "filters", "activation": "activation", "optimizer": "optimizer",
                "lr": "lr", "step_size": "crop", "balance": "balance", "seed": "seed"}
 OURS = dict({key: _DEFAULTS[name] for name, key in RECIPE_KEYS.items()}, spec=None,
-            calibrate=TrainConfig.calibrate, rsteps=None, tta=False)
+            calibrate=TrainConfig.calibrate, rsteps=None, live=None, tta=False)
 
 
 @dataclass
@@ -133,7 +133,8 @@ class Ours:
                                         activation=p["activation"], seed=int(p["seed"]),
                                         class_names=list(self.class_names), filters=p.get("filters"))
         scale = float(p.get("rsteps") or 1)  # this row trains that many times the round's steps or seconds
-        steps = 100_000 if self.seconds else (self.first_steps if self.rounds == 0 else self.steps)
+        later = int(p["live"]) if p.get("live") else self.steps  # a row's own live retraining steps
+        steps = 100_000 if self.seconds else (self.first_steps if self.rounds == 0 else later)
         cfg = TrainConfig(steps=int(round(steps * scale)), seconds=self.seconds * scale if self.seconds else None,
                           optimizer=p["optimizer"], lr=p.get("lr"), crop=p.get("crop"), calibrate=bool(p["calibrate"]),
                           balance=p["balance"], seed=int(p["seed"]) * 1000 + self.rounds)
