@@ -261,3 +261,32 @@ def test_ome_zarr_in_and_out_on_a_local_cluster(data, capsys, tmp_path):
     err = user_error(capsys, "predict", "--model", d / "m.npz", "--image", src, "--level", "1", "--out", tmp_path / "y.npy")
     assert "--level 1 does not exist; the image has level(s) 0..0" in err
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_labels_into_the_input_ome_zarr_open_in_napari(data, capsys, tmp_path):
+    """``--out IMAGE.ome.zarr/labels/NAME``: napari's OME-Zarr reader opens the image with our labels
+    over it, at the image's scale."""
+    from napari_ome_zarr import napari_get_reader
+    from ome_zarr.writer import write_multiscales_metadata
+
+    d, stack = data
+    src = tmp_path / "em.ome.zarr"
+    g = zarr.open_group(str(src), mode="w", zarr_format=3)
+    g.create_array("0", data=stack, chunks=(1, 20, 20), dimension_names=("z", "y", "x"))
+    write_multiscales_metadata(g, [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]}],
+                               axes=[{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"])
+    code, out, err = run(capsys, "predict", "--model", d / "m.npz", "--image", src, "--out", src / "labels" / "mpf",
+                         "--chunks", "16", "--scheduler", "threads", "-q")
+    assert code == 0, err
+    assert "label image of" in out and "no probabilities" in out
+    layers = napari_get_reader(str(src))(str(src))
+    kinds = [kind for _, _, kind in layers]
+    assert kinds.count("image") == 1 and kinds.count("labels") == 1
+    data_, kwargs, _ = layers[kinds.index("labels")]
+    assert kwargs["scale"] == [2.0, 0.5, 0.5] and list(kwargs["properties"]["class"]) == ["background", "defect"]
+    model = load_model(d / "m.npz")
+    level0 = data_[0] if isinstance(data_, list) else data_
+    np.testing.assert_array_equal(np.asarray(level0), np.stack([segment(predict_proba(model, s)) for s in stack]))
+    err = user_error(capsys, "predict", "--model", d / "m.npz", "--image", d / "stack.tif", "--out", src / "labels" / "x",
+                     "--chunks", "16", "--scheduler", "threads", "-q")
+    assert "labels are added to the OME-Zarr image that is predicted" in err

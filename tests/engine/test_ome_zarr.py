@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import zarr
 from _cases import make_image, randomise
-from ome_zarr.writer import write_multiscales_metadata
+from ome_zarr.format import FormatV04, FormatV05
+from ome_zarr.writer import get_metadata, write_multiscales_metadata
 from ome_zarr_models import open_ome_zarr
+from ome_zarr_models.v04.image import Image as NgffImage04
+from ome_zarr_models.v04.image_label import ImageLabel as ImageLabel04
 from ome_zarr_models.v05.image import Image as NgffImage
 from ome_zarr_models.v05.image_label import ImageLabel
 
@@ -24,15 +27,17 @@ SCALE = {"z": 3.0, "y": 0.5, "x": 0.25}
 SHIFT = {"z": 10.0, "y": 1.0, "x": 2.0}
 
 
-def write_ngff(path, data: np.ndarray, axes: str, levels: int = 1, unit: str = "micrometer") -> None:
-    """An NGFF 0.5 image of ``data`` (axes in NGFF order) with ``levels`` levels (stride 2 in y, x),
-    its metadata written by ome-zarr."""
-    g = zarr.open_group(str(path), mode="w", zarr_format=3)
+def write_ngff(path, data: np.ndarray, axes: str, levels: int = 1, unit: str = "micrometer", version: str = "0.5") -> None:
+    """An NGFF image (0.5 on zarr v3, or 0.4 on zarr v2) of ``data`` (axes in NGFF order) with
+    ``levels`` levels (stride 2 in y, x), its metadata written by ome-zarr."""
+    v3 = version == "0.5"
+    g = zarr.open_group(str(path), mode="w", zarr_format=3 if v3 else 2)
     datasets = []
     for lv in range(levels):
         s = 2**lv
         arr = data[..., ::s, ::s]
-        g.create_array(f"s{lv}", data=arr, chunks=tuple(1 if a in "tcz" else 16 for a in axes))
+        g.create_array(f"s{lv}", data=arr, chunks=tuple(1 if a in "tcz" else 16 for a in axes),
+                       **({"dimension_names": tuple(axes)} if v3 else {}))
         datasets.append({"path": f"s{lv}", "coordinateTransformations": [
             {"type": "scale", "scale": [SCALE.get(a, 1.0) * (s if a in "yx" else 1) for a in axes]},
             {"type": "translation", "translation": [SHIFT.get(a, 0.0) for a in axes]},
@@ -40,7 +45,7 @@ def write_ngff(path, data: np.ndarray, axes: str, levels: int = 1, unit: str = "
     kinds = {"t": "time", "c": "channel"}
     write_multiscales_metadata(g, datasets, axes=[
         {"name": a, "type": kinds.get(a, "space"), **({"unit": unit} if a in "zyx" else {})} for a in axes
-    ], name="input")
+    ], name="input", fmt=FormatV05() if v3 else FormatV04())
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +197,35 @@ def test_ome_zarr_resume_equals_uninterrupted(tiny, ngff, tmp_path):
         np.testing.assert_array_equal(resumed[key], full[key], err_msg=key)
     with pytest.raises(InputError, match="different levels"):
         ZarrPrediction(tiny, vol, tmp_path / "part.ome.zarr", chunks=(16, 12), levels=1)
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_labels_written_into_the_input_image(tiny, stack, tmp_path, version):
+    """``--out IMAGE.ome.zarr/labels/NAME``: the segmentation becomes a label image of the input with
+    the image's levels (and shapes, rounded down here), in its NGFF version; the image is untouched."""
+    src = tmp_path / "em.ome.zarr"
+    write_ngff(src, stack[None, None], "tczyx", levels=2, version=version)
+    before = {name: zarr.open_array(str(src), path=name, mode="r")[...] for name in ("s0", "s1")}
+    zarr.open_group(str(src), mode="r+")["s1"].resize((1, 1, 3, 20, 19))  # as resize-based writers round: down
+    job = ZarrPrediction(tiny, open_volume(src), src / "labels" / "mpf", chunks=(16, 12))
+    job.run("threads")
+    assert job.complete() and job.layout.levels == 2
+    root = zarr.open_group(str(src), mode="r")
+    image = open_ome_zarr(root)
+    assert isinstance(image, NgffImage if version == "0.5" else NgffImage04)
+    assert image.labels is not None and get_metadata(root["labels"])["labels"] == ["mpf"]
+    assert isinstance(open_ome_zarr(root["labels/mpf"]), ImageLabel if version == "0.5" else ImageLabel04)
+    seg = np.stack([segment(predict_proba(tiny, v)) for v in stack])
+    np.testing.assert_array_equal(root["labels/mpf/0"][...], seg)
+    np.testing.assert_array_equal(root["labels/mpf/1"][...], seg[:, :40:2, ::2])
+    np.testing.assert_array_equal(root["s0"][...], before["s0"])
+    again = ZarrPrediction(tiny, open_volume(src), src / "labels" / "mpf", chunks=(16, 12))
+    assert again.resumed and again.run("sync").total == 0
+    with pytest.raises(InputError, match="keeps no probabilities|does not keep"):
+        ZarrPrediction(tiny, open_volume(src), src / "labels" / "other", chunks=16, counts=CountSettings())
+    with pytest.raises(InputError, match="at --level 0, without --crop or --slices"):
+        ZarrPrediction(tiny, open_volume(src, crop="0:20,0:20"), src / "labels" / "other", chunks=16)
+    zarr.open_group(str(src / "labels" / "theirs"), mode="w", zarr_format=3 if version == "0.5" else 2).attrs["x"] = 1
+    with pytest.raises(InputError, match="not written by napari-mpf"):
+        ZarrPrediction(tiny, open_volume(src), src / "labels" / "theirs", chunks=16, overwrite=True)
+    assert not (src / "labels" / "other").exists()

@@ -22,7 +22,7 @@ from ..io.volume import ArrayVolume, Volume
 from ..network.inputs import InputError
 from ..network.model import Model
 from .counts import CountSettings, write_counts_csv
-from .layouts import OmeLayout, layout_for
+from .layouts import LabelsLayout, PlainLayout, layout_for
 from .lazy import normalise_chunks
 from .region import threads_per_task
 from .store import FORMAT, PROB_DTYPES, VERSION, model_token, run_chunk, run_count
@@ -82,8 +82,11 @@ class ZarrPrediction:
             "chunks": list(self.chunks),
             "prob_dtype": prob_dtype,
         }
-        if isinstance(self.layout, OmeLayout):  # (plain stores keep their signature: old stores resume)
+        if not isinstance(self.layout, PlainLayout):  # (plain stores keep their signature: old stores resume)
             self.signature.update(layout=self.layout.kind, levels=self.layout.levels)
+        if counts is not None and isinstance(self.layout, LabelsLayout):
+            raise InputError("counting objects reads the probabilities, which a label image of the input does not keep; "
+                             "write a separate .ome.zarr store to count")
         self._prepare(overwrite)
 
     # -- store
@@ -103,6 +106,8 @@ class ZarrPrediction:
                 existing = zarr.open_group(str(p), mode="r").attrs.get("napari_mpf")
             except Exception:  # noqa: BLE001 - not a zarr group
                 existing = None
+            if existing is None and isinstance(self.layout, LabelsLayout):
+                raise InputError(f"{p} holds a label image not written by napari-mpf; choose another name in labels/")
             if existing is None and any(p.iterdir()) and not overwrite:
                 raise InputError(f"output {p} exists and is not a napari-mpf prediction store; choose another path or pass --overwrite")
         self.resumed = False
@@ -117,13 +122,10 @@ class ZarrPrediction:
             self.resumed = True
             g = zarr.open_group(str(p), mode="r+")
         else:
-            g = zarr.open_group(str(p), mode="w", zarr_format=3)
+            g = zarr.open_group(str(p), mode="w", zarr_format=getattr(self.layout, "zarr_format", 3))
             seg_dtype = np.uint8 if k < 255 else np.uint16
             prob_dtype = PROB_DTYPES[self.prob_dtype][0]
-            if isinstance(self.layout, OmeLayout):
-                self.layout.create(g, (z, k, h, w), self.chunks, prob_dtype, seg_dtype, self.volume, self.model.class_names)
-            else:
-                self.layout.create(g, (z, k, h, w), self.chunks, prob_dtype, seg_dtype)
+            self.layout.create(g, (z, k, h, w), self.chunks, prob_dtype, seg_dtype, self.volume, self.model.class_names)
             self._books(g).create_array("class_pixels", shape=(z, ny, nx, k), chunks=(1, 1, 1, k), dtype=np.int64, fill_value=-1)
             g.attrs["napari_mpf"] = {
                 "format": FORMAT,
