@@ -26,7 +26,7 @@ from ..engine.network.features import FILTER_BANKS, check_filters
 from ..engine.network.heads import add_image_head, add_superpixel_branch
 from ..engine.network.predict import predict, predict_proba, refine_with_superpixels
 from ..engine.post.objects import ObjectCounts
-from .output_layers import OUTPUT_KEY, OutputLayers, UserError
+from .output_layers import OUTPUT_KEY, OutputLayers, UserError, full_resolution
 
 __all__ = ["UserError", "TrainSettings", "ImageInfo", "TrainingSet", "Controller", "OUTPUT_KEY", "heads_text"]
 
@@ -157,9 +157,7 @@ class Controller(OutputLayers):
             raise UserError("No image layer: open an image (or File > Open Sample > napari-mpf) and pick it as the image.")
         if not isinstance(layer, Image):
             raise UserError(f"'{layer.name}' is a {_kind(layer)} layer; pick an Image layer as the image.")
-        if layer.multiscale:
-            raise UserError(f"'{layer.name}' is a multiscale image; napari-mpf needs a single-resolution image.")
-        shape = tuple(layer.data.shape)
+        shape = tuple(full_resolution(layer).shape)
         if layer.rgb:
             channels = 3
             spatial = shape[:-1]
@@ -177,7 +175,7 @@ class Controller(OutputLayers):
 
     def slice_array(self, layer, z: int | None) -> np.ndarray:
         """A float32 ``(C, H, W)`` copy of one slice (``z=None`` for 2D) of an Image layer."""
-        data = layer.data if z is None else layer.data[z]
+        data = full_resolution(layer) if z is None else full_resolution(layer)[z]
         arr = np.array(data, dtype=np.float32, copy=True)
         if layer.rgb:
             arr = np.moveaxis(arr[..., :3], -1, 0)

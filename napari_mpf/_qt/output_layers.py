@@ -26,13 +26,19 @@ from ..engine.scale import (
     segment_dask,
 )
 
-__all__ = ["OUTPUT_KEY", "UserError", "OutputLayers"]
+__all__ = ["OUTPUT_KEY", "UserError", "OutputLayers", "full_resolution"]
 
 #: metadata key marking layers written by this plugin (value: the role).
 OUTPUT_KEY = "napari_mpf"
 
 #: probability colormap per class label value (class 1, background, gets none).
 PROB_COLORMAPS = {2: "yellow", 3: "red", 4: "green", 5: "magenta", 6: "cyan", 7: "blue"}
+
+
+def full_resolution(image_layer):
+    """The pixels of an Image layer; of a multiscale layer (e.g. an OME-Zarr pyramid), its full-resolution
+    level, which the model reads (outputs sit at the layer's scale)."""
+    return image_layer.data[0] if image_layer.multiscale else image_layer.data
 
 
 class UserError(ValueError):
@@ -229,8 +235,8 @@ class OutputLayers:
     LAZY_CACHE_BYTES = 256 * 2**20
 
     def is_lazy(self, image_layer) -> bool:
-        """Whether ``image_layer`` gets lazy (dask) outputs: large, or not a NumPy array."""
-        data = image_layer.data
+        """Whether ``image_layer`` gets lazy (dask) outputs: large, or not a NumPy array (a pyramid too)."""
+        data = full_resolution(image_layer)
         return not isinstance(data, np.ndarray) or data.size > self.LAZY_PIXELS
 
     def lazy_outputs(self, model: Model, image_layer) -> tuple[list[Image], Labels]:
@@ -239,7 +245,7 @@ class OutputLayers:
 
         info = self.check_model_fits_image(model, image_layer)
         self._refuse_superpixel_branch(model, image_layer, "is large or not in memory, so it is predicted in tiles")
-        data = image_layer.data
+        data = full_resolution(image_layer)
         if not isinstance(data, da.Array):
             spatial = 3 if image_layer.rgb else 2
             own = getattr(data, "chunks", None)
@@ -264,7 +270,7 @@ class OutputLayers:
         n = 2 + (image_layer.ndim - (3 if image_layer.rgb else 2))  # spatial axes: y, x and a stack's z
         geometry = NgffInfo.from_scale(image_layer.scale[-n:], image_layer.translate[-n:])
         try:
-            volume = ArrayVolume(image_layer.data, rgb=image_layer.rgb, name=image_layer.name, ngff=geometry)
+            volume = ArrayVolume(full_resolution(image_layer), rgb=image_layer.rgb, name=image_layer.name, ngff=geometry)
             return ZarrPrediction(model.copy(), volume, p, self.LAZY_TILE, prob_dtype, counts, overwrite)
         except InputError as exc:
             raise UserError(str(exc)) from exc

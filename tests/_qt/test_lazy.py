@@ -155,3 +155,25 @@ def test_zarr_dialog_suffix():
     assert store_path("/d/vol", ZARR_FILTERS[0]) == "/d/vol.ome.zarr"
     assert store_path("/d/vol", ZARR_FILTERS[1]) == "/d/vol.zarr"
     assert store_path("/d/vol.zarr", ZARR_FILTERS[0]) == "/d/vol.zarr"
+
+
+def test_multiscale_image_trains_and_predicts_on_its_full_resolution(viewer_widget, qtbot, model):
+    """A pyramid layer (as napari-ome-zarr opens an OME-Zarr image): strokes at full resolution,
+    training and outputs of level 0."""
+    viewer, w = viewer_widget
+    stack = _stack(3)
+    layer = viewer.add_image([stack, stack[:, ::2, ::2]], multiscale=True, name="pyr")
+    strokes = np.zeros(stack.shape, np.uint8)
+    strokes[1, 2:6, 2:30] = 1
+    strokes[1, 20:24, 5:30] = 2
+    viewer.add_labels(strokes, name="pyr labels")
+    w.image_combo.set_layer(layer)
+    w.labels_combo.set_layer(viewer.layers["pyr labels"])
+    train_and_wait(qtbot, w)
+    prob = viewer.layers["pyr p(foreground)"]
+    assert prob.data.shape == stack.shape
+    w.controller.model = model
+    with qtbot.waitSignal(w.prediction_finished, timeout=10_000):
+        w.predict(layer)
+    want = predict_proba(model, stack[2])
+    np.testing.assert_allclose(np.asarray(viewer.layers["pyr p(blob)"].data[2]), want[1], atol=1e-6)
