@@ -24,7 +24,6 @@ from ..engine import (
 )
 from ..engine.io import files
 from ..engine.io.atomic import Staged, write_error_text
-from ..engine.io.read import is_zarr
 from ..engine.network.predict import predict, refine_with_superpixels
 from ..engine.post.objects import count_objects
 from ..engine.scale import (
@@ -33,7 +32,7 @@ from ..engine.scale import (
     encode_probabilities,
     write_counts_csv,
 )
-from ..engine.scale.layouts import OME_SUFFIX, LabelsLayout, OmeLayout
+from ..engine.scale.layouts import OME_SUFFIX, LabelsLayout, OmeLayout, is_labels_path
 from .common import (
     PROB_EXT,
     SEG_EXT,
@@ -49,7 +48,7 @@ from .common import (
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.superpixel_compactness is not None and args.refine_superpixels is None:
         raise CLIError("--superpixel-compactness applies only with --refine-superpixels SIZE")
-    if Path(args.out).suffix.lower() == ".zarr" or _labels_of_image(Path(args.out)):
+    if Path(args.out).suffix.lower() == ".zarr" or is_labels_path(Path(args.out)):
         if args.refine_superpixels is not None:
             raise CLIError("--refine-superpixels needs whole images and does not apply to a .zarr output "
                            "(computed chunk by chunk); write .npy, .tif or .npz instead")
@@ -262,7 +261,7 @@ def _predict_zarr(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     parent = out.parent if str(out.parent) else Path(".")
-    if _labels_of_image(out):
+    if is_labels_path(out):
         parent = out.parent.parent  # <image>/labels/<name>: the labels group may not exist yet
     if not parent.is_dir():
         raise CLIError(f"output store {out}: the directory {parent} does not exist")
@@ -273,7 +272,8 @@ def _predict_zarr(args: argparse.Namespace) -> int:
         raise CLIError(f"with a .zarr output the segmentation is stored in the store ({where}); drop --segmentation")
     refuse_overwrite(out, [args.image, args.model], "output store")
     counts_out = check_out(args.counts, (".csv",), "counts file") if args.counts else None
-    check_writable(out if out.is_dir() or not _labels_of_image(out) else out.parent.parent, inside=out.is_dir() or _labels_of_image(out))
+    into_image = is_labels_path(out) and not out.is_dir()  # the label group is made later, inside the image
+    check_writable(out.parent.parent if into_image else out, inside=out.is_dir() or into_image)
     if counts_out is not None:
         check_writable(counts_out)
     chunks = _parse_chunks(args.chunks or "1024")
@@ -352,11 +352,6 @@ def _predict_zarr(args: argparse.Namespace) -> int:
 
 def _is_ome(path: Path) -> bool:
     return str(path).lower().rstrip("/").endswith(OME_SUFFIX)
-
-
-def _labels_of_image(path: Path) -> bool:
-    """``<store>/labels/<name>``: a label image inside a zarr store (the OME-Zarr image predicted)."""
-    return path.parent.name == "labels" and is_zarr(path.parent.parent)
 
 
 @contextmanager

@@ -20,24 +20,20 @@ __all__ = ["NgffInfo", "NgffView", "ngff_metadata", "open_ngff"]
 
 @dataclass(frozen=True)
 class NgffInfo:
-    """What the output of an NGFF input keeps: the spatial axes ``("z", "y", "x")`` or ``("y", "x")``,
-    their units, and the chosen level's scale and translation along them; channel names."""
+    """What the output of an NGFF input keeps: the level read, the spatial axes ``("z", "y", "x")``
+    or ``("y", "x")``, their units, and the level's scale and translation along them."""
 
-    version: str
     level: int
-    dataset: str
     spatial: tuple[str, ...]
     units: tuple[str | None, ...]
     scale: tuple[float, ...]
     translation: tuple[float, ...]
-    channel_names: tuple[str, ...] = ()
 
     @classmethod
     def from_scale(cls, scale, translation) -> NgffInfo:
         """Geometry without a file (e.g. a napari layer's ``scale`` and ``translate``, 2 or 3 values)."""
         spatial = ("z", "y", "x")[-len(scale):]
-        return cls("", 0, "", spatial, (None,) * len(spatial), tuple(float(v) for v in scale),
-                   tuple(float(v) for v in translation))
+        return cls(0, spatial, (None,) * len(spatial), tuple(float(v) for v in scale), tuple(float(v) for v in translation))
 
 
 def ngff_metadata(group) -> dict | None:
@@ -60,8 +56,8 @@ def _transform(transforms: list[dict] | None, ndim: int) -> tuple[np.ndarray, np
 
 class NgffView:
     """One level of an NGFF image as an array in this package's layout: axes ``z``, ``c`` (if present,
-    with more than one channel), ``y``, ``x`` in that order, other axes (``t``) fixed at 0. Only what the readers use: ``shape``,
-    ``dtype``, ``ndim``, ``size`` and indexing by a tuple of ints and slices."""
+    with more than one channel), ``y``, ``x`` in that order, other axes (``t``) fixed at 0. Only what
+    the readers use: ``shape``, ``dtype``, ``ndim``, ``size`` and indexing by ints and slices."""
 
     def __init__(self, array, axes: list[str], info: NgffInfo):
         self.array, self.axes, self.ngff = array, list(axes), info
@@ -74,9 +70,7 @@ class NgffView:
         self.size = int(np.prod(self.shape))
 
     def __getitem__(self, index) -> np.ndarray:
-        if index is Ellipsis or index == ():
-            index = ()
-        index = tuple(index) if isinstance(index, tuple) else (index,)
+        index = () if index is Ellipsis else index if isinstance(index, tuple) else (index,)
         index = index + (slice(None),) * (self.ndim - len(index))
         by_axis = dict(zip(self.view_axes, index, strict=True))
         source = tuple(by_axis.get(a, 0) for a in self.axes)
@@ -129,7 +123,6 @@ def open_ngff(path: str | Path, group, meta: dict, level: int | None, role: str 
     scale, shift = scale * outer_scale, shift * outer_scale + outer_shift
     spatial = tuple(a for a in ("z", "y", "x") if a in names)
     pick = [names.index(a) for a in spatial]
-    channels = tuple(str(c.get("label", "")) for c in (meta.get("omero") or {}).get("channels", []))
-    info = NgffInfo(version, level, str(ds["path"]), spatial, tuple(units.get(a) for a in spatial),
-                    tuple(float(scale[i]) for i in pick), tuple(float(shift[i]) for i in pick), channels)
+    info = NgffInfo(level, spatial, tuple(units.get(a) for a in spatial),
+                    tuple(float(scale[i]) for i in pick), tuple(float(shift[i]) for i in pick))
     return NgffView(array, names, info), f"{path} (OME-Zarr level {level})"

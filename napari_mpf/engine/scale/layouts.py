@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from ..io.ngff import ngff_metadata
+from ..io.read import is_zarr
 from ..io.volume import Volume
 from ..network.inputs import InputError
 from ..post.colors import class_color, class_rgba
 
-__all__ = ["PlainLayout", "OmeLayout", "LabelsLayout", "layout_for", "auto_levels", "OME_SUFFIX"]
+__all__ = ["PlainLayout", "OmeLayout", "LabelsLayout", "layout_for", "is_labels_path", "auto_levels", "OME_SUFFIX"]
 
 OME_SUFFIX = ".ome.zarr"
 
@@ -60,10 +61,6 @@ class PlainLayout:
 
     def probabilities(self, arrays, z: int, k: int) -> np.ndarray:
         return np.asarray(arrays("probabilities")[z, k])
-
-    def outputs(self) -> tuple[str, str]:
-        """Paths of the full-resolution probabilities and segmentation."""
-        return "probabilities", "segmentation"
 
 
 def auto_levels(shape_hw: tuple[int, int], chunks: tuple[int, int], smallest: int = 256, most: int = 8) -> int:
@@ -190,9 +187,6 @@ class OmeLayout:
     def probabilities(self, arrays, z: int, k: int) -> np.ndarray:
         return np.asarray(arrays("0")[(k, *self._index(z))])
 
-    def outputs(self) -> tuple[str, str]:
-        return "0", f"{self.LABELS}/0"
-
 
 @dataclass(frozen=True)
 class LabelsLayout:
@@ -241,8 +235,11 @@ class LabelsLayout:
     def probabilities(self, arrays, z: int, k: int) -> np.ndarray:  # pragma: no cover - counting is refused
         raise InputError("a label image keeps no probabilities")
 
-    def outputs(self) -> tuple[None, str]:
-        return None, "0"
+
+def is_labels_path(path) -> bool:
+    """``<store>/labels/<name>``: a label image inside a zarr store (the OME-Zarr image predicted)."""
+    p = Path(path)
+    return p.parent.name == "labels" and is_zarr(p.parent.parent)
 
 
 def labels_of_input(path, volume: Volume, chunks: tuple[int, int], levels: int | None):
@@ -250,9 +247,9 @@ def labels_of_input(path, volume: Volume, chunks: tuple[int, int], levels: int |
     ``volume`` reads at full resolution, None when ``path`` is not inside a ``labels`` group."""
     import zarr
 
-    p = Path(path).resolve()
-    if p.parent.name != "labels" or not (p.parent.parent / "zarr.json").exists() and not (p.parent.parent / ".zattrs").exists():
+    if not is_labels_path(path):
         return None
+    p = Path(path).resolve()
     try:
         image = zarr.open_group(str(p.parent.parent), mode="r")
     except Exception:  # noqa: BLE001 - not a zarr group: an ordinary output path

@@ -96,7 +96,6 @@ class ZarrPrediction:
         p = Path(self.path)
         z, _, h, w = self.volume.shape
         k = self.model.n_classes
-        cy, cx = self.chunks
         ny, nx = self.grid
         existing = None
         if p.exists():

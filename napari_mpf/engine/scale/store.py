@@ -68,7 +68,8 @@ def decode_probabilities(stored: np.ndarray, prob_dtype: str) -> np.ndarray:
     return out / np.float32(scale) if scale != 1.0 else out
 
 
-_OPENED: LRUCache = LRUCache(16)
+#: arrays opened once per process; an OME-Zarr task writes 2 per pyramid level (up to 8) + the bookkeeping
+_OPENED: LRUCache = LRUCache(64)
 
 
 def _output(path: str, run_id: str, name: str):
