@@ -12,12 +12,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
-from .._layer_style import class_names_from_features
+from .._layer_style import class_colormap, class_names_from_features
 from ..engine.training.warmup import prepare
 from .controller import Controller, TrainingSet, TrainSettings, UserError
 from .form import SMALL_SPEC, TrainerForm
@@ -42,6 +43,13 @@ class _Run:
     first_preview: float | None = None
     losses: list[float] = field(default_factory=list)
     step_offset: int = 0
+
+
+def warm_labels_colouring() -> None:
+    """Make a small Labels layer (no viewer) with the classes' colours: napari compiles its label
+    colouring (Numba typed dicts, not cached on disk) in the thread that first needs it, which froze
+    the viewer 2.6 s when the first segmentation layer was added."""
+    Labels(np.zeros((8, 8), np.uint8), colormap=class_colormap(2))
 
 
 class TrainerWidget(TrainerForm, ModelJobs, QWidget):
@@ -103,6 +111,7 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
 
         self.jobs.start("warm_up", prepare, TrainSettings.spec, on_return=done,
                         on_error=lambda exc: self._engine_ready_now(f"Could not prepare the engine ahead: {exc}"))
+        self.jobs.start("warm_layers", warm_labels_colouring)
 
     def _engine_ready_now(self, text: str) -> None:
         self.engine_ready = True

@@ -23,17 +23,21 @@ from . import layers as K
 __all__ = ["use_gemm", "use_gemm_head", "conv_forward", "conv_backward", "fc_pair_forward", "fc_pair_backward"]
 
 #: Layers with at least this many inputs per output (``Cin * kh * kw``) and outputs use BLAS;
-#: narrower ones (a first layer on a grey image) are faster in the direct Numba kernels.
-#: Measured on 2 cores, training step of one layer: 8 maps in and out, 5x5, BLAS 1.5x faster;
-#: 1 map in, 7x7, direct 1.5x faster.
-GEMM_MIN_K = 100
+#: narrower ones (a 4x4 first layer on a grey image) use the direct Numba kernels. Measured on 2
+#: cores, training step of one layer: 8 maps in and out, 5x5, BLAS 1.5x faster; 1 map in, 7x7,
+#: direct 1.5x faster. Whole training steps on 512² (2026-12-04, median of 8): a 5x5 first layer on
+#: a grey image through BLAS as fast for ``fast`` (0.328 against 0.359 s) and ``steel``'s 7x7 weight
+#: gradient faster (0.225 against 0.232 s); the default path then compiles no direct convolution.
+GEMM_MIN_K = 25
 GEMM_MIN_OUT = 8
 #: A fused pair of 1x1 layers (see :func:`fc_pair_forward`) with at least this many inputs runs as
-#: BLAS products per pixel block; narrower ones are faster in the Numba kernels. Measured on 2
-#: cores (forward + backward of the head, both with the vectorised tanh): 48 -> 200 -> 2 (n3)
-#: 1.6x faster in BLAS, 48 -> 128 -> 2 (wide2) 1.5x, 32 -> 64 -> 2 (wide) 1.2x; 8 -> 100 -> 2
-#: (steel) and 24 -> 48 -> 2 (fast) 1.1-1.2x faster in Numba.
-GEMM_HEAD_MIN_IN = 32
+#: BLAS products per pixel block; narrower ones (``steel``: 8 -> 100 -> 2) are faster in the Numba
+#: kernels. Measured on 2 cores (forward + backward of the head): 48 -> 200 -> 2 (n3) 1.6x faster in
+#: BLAS, 48 -> 128 -> 2 (wide2) 1.5x, 32 -> 64 -> 2 (wide) 1.2x. The default ``fast`` (24 -> 48 -> 2)
+#: was 1.1x faster in Numba alone, but a whole training step on 512² is as fast or faster through
+#: BLAS (0.326 against 0.348 s, median of 8, with 16-map layers through BLAS too), and the Numba
+#: head kernels took 24 of the 46 s a first use spent compiling (2026-12-04).
+GEMM_HEAD_MIN_IN = 16
 #: Pixels per block of the fused head (its hidden map, ``hidden x block`` floats, stays in L2).
 HEAD_BLOCK = 1024
 #: Upper bound on one im2col tile, in elements (1 MB in float32: a core's L2 cache).
@@ -79,6 +83,12 @@ def _run(job: Callable[[list], object], tiles: list) -> list:
             return list(_POOL.map(job, parts))
 
 
+def _leading(buffer: np.ndarray, rows: int, n: int) -> np.ndarray:
+    """The first ``rows * n`` values of a flat ``buffer`` as a C-contiguous ``(rows, n)`` array: a
+    short last tile stays contiguous, so each Numba kernel is compiled for one layout only."""
+    return buffer[: rows * n].reshape(rows, n)
+
+
 def conv_forward(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, act: int, out: np.ndarray,
     pad: tuple[int, int] = (0, 0),
@@ -94,13 +104,14 @@ def conv_forward(
     step = tiles[0][1] - tiles[0][0]
 
     def job(part):
-        cols = np.empty((k, step * wo), x.dtype)
-        tmp = np.empty((n_out, step * wo), x.dtype)
+        cols = np.empty(k * step * wo, x.dtype)
+        tmp = np.empty(n_out * step * wo, x.dtype)
         for r0, r1 in part:
             n = (r1 - r0) * wo
-            K.im2col(x, r0, r1, kh, kw, ho, wo, pad[0], pad[1], cols[:, :n])
-            np.matmul(w2, cols[:, :n], out=tmp[:, :n])
-            K.bias_act_store(tmp[:, :n], b, act, r0, out)
+            cols_n = _leading(cols, k, n)
+            K.im2col(x, r0, r1, kh, kw, ho, wo, pad[0], pad[1], cols_n)
+            tmp_n = np.matmul(w2, cols_n, out=_leading(tmp, n_out, n))
+            K.bias_act_store(tmp_n, b, act, r0, out)
 
     _run(job, tiles)
     return out
@@ -110,14 +121,15 @@ def _weight_grad_job(x, grad_out, kh, kw, part):
     n_out, ho, wo = grad_out.shape[1:]
     k = x.shape[1] * kh * kw
     step = max(r1 - r0 for r0, r1 in part)
-    cols = np.empty((k, step * wo), x.dtype)
-    g = np.empty((n_out, step * wo), x.dtype)
+    cols = np.empty(k * step * wo, x.dtype)
+    g = np.empty(n_out * step * wo, x.dtype)
     gw_t = np.zeros((k, n_out), x.dtype)  # transposed: cols @ g.T runs faster in sgemm than g @ cols.T
     for r0, r1 in part:
         n = (r1 - r0) * wo
-        K.im2col(x, r0, r1, kh, kw, ho, wo, 0, 0, cols[:, :n])
-        K.gather_rows(grad_out, r0, r1, g[:, :n])
-        gw_t += cols[:, :n] @ g[:, :n].T
+        cols_n, g_n = _leading(cols, k, n), _leading(g, n_out, n)
+        K.im2col(x, r0, r1, kh, kw, ho, wo, 0, 0, cols_n)
+        K.gather_rows(grad_out, r0, r1, g_n)
+        gw_t += cols_n @ g_n.T
     return gw_t
 
 
