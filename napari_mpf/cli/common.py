@@ -104,7 +104,8 @@ def run_training(trainer, steps: int | None, quiet: bool):
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        with progress_bar(steps, "training", quiet) as bar:
+        # Numba compiles the kernels during the first step on a first use (15-20 s on 2 cores): say so
+        with progress_bar(steps, "training (compiling on first use…)", quiet) as bar:
             while True:
                 try:
                     progress = next(gen)
@@ -113,6 +114,7 @@ def run_training(trainer, steps: int | None, quiet: bool):
                     break
                 if last is None:
                     first_step_s = time.perf_counter() - t_begin
+                    bar.set_description("training", refresh=False)
                 last = progress
                 trainer.finite_steps += bool(np.isfinite(float(progress.loss)))
                 step = int(getattr(progress, "step", bar.n + 1))
