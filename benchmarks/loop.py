@@ -25,6 +25,11 @@ magnetic tile and scores three defective and three defect-free tiles of other ac
     .venv/bin/python benchmarks/loop.py --place uncertain      # strokes where the model is unsure
     .venv/bin/python benchmarks/loop.py --methods ours rf 'wide:preset=wide,filters=none'
 
+Row keys beyond the recipe's (``preset``, ``lr``, ``crop``…): ``live=N`` steps per later round,
+``rsteps=X`` times the steps, ``calibrate=false``, ``tta=true`` (predictions averaged over the 8
+rotations and flips), ``fresh=true`` (a new network every round, trained for the first round's
+steps), ``ensemble=N`` (predictions averaged over the networks of the last N rounds).
+
 Writes a markdown report (``--out``, default ``benchmarks/LOOP.md``), the per-round records
 (``--json``) and a plot of error vs round and vs seconds (``--plot``; needs matplotlib).
 """
@@ -56,7 +61,7 @@ _DEFAULTS = recipe.defaults()
 RECIPE_KEYS = {"network": "preset", "filters": "filters", "activation": "activation", "optimizer": "optimizer",
                "lr": "lr", "step_size": "crop", "balance": "balance", "seed": "seed"}
 OURS = dict({key: _DEFAULTS[name] for name, key in RECIPE_KEYS.items()}, spec=None,
-            calibrate=TrainConfig.calibrate, rsteps=None, live=None, tta=False)
+            calibrate=TrainConfig.calibrate, rsteps=None, live=None, fresh=False, ensemble=1, tta=False)
 
 
 @dataclass
@@ -128,13 +133,14 @@ class Ours:
     def learn(self, image: np.ndarray, labels: np.ndarray) -> dict:
         p = self.p
         t0 = time.perf_counter()
-        if self.model is None:
+        if self.model is None or p.get("fresh"):  # fresh: a new network every round, as the forest refits
             self.model = Model.for_data([image], [labels], spec=p.get("spec") or p["preset"],
                                         activation=p["activation"], seed=int(p["seed"]),
                                         class_names=list(self.class_names), filters=p.get("filters"))
         scale = float(p.get("rsteps") or 1)  # this row trains that many times the round's steps or seconds
         later = int(p["live"]) if p.get("live") else self.steps  # a row's own live retraining steps
-        steps = 100_000 if self.seconds else (self.first_steps if self.rounds == 0 else later)
+        first = self.rounds == 0 or p.get("fresh")
+        steps = 100_000 if self.seconds else (self.first_steps if first else later)
         cfg = TrainConfig(steps=int(round(steps * scale)), seconds=self.seconds * scale if self.seconds else None,
                           optimizer=p["optimizer"], lr=p.get("lr"), crop=p.get("crop"), calibrate=bool(p["calibrate"]),
                           balance=p["balance"], seed=int(p["seed"]) * 1000 + self.rounds)
@@ -147,11 +153,14 @@ class Ours:
             if progress.probabilities is not None and self.rounds == 0 and steps == 1:
                 self.first_preview = time.perf_counter() - t0
         self.model = trainer.model
+        keep = int(p.get("ensemble") or 1)  # predict with the mean of the last rounds' networks
+        self.history = ([*getattr(self, "history", []), self.model.copy()])[-keep:] if keep > 1 else [self.model]
         self.rounds += 1
         return dict(steps=steps, loss=float(trainer.last_loss), train_seconds=time.perf_counter() - t0)
 
     def proba(self, image: np.ndarray) -> np.ndarray:
-        probs = predict_proba(self.model, image, augment=bool(self.p.get("tta")))
+        models = getattr(self, "history", None) or [self.model]
+        probs = sum(predict_proba(m, image, augment=bool(self.p.get("tta"))) for m in models) / len(models)
         return probs.astype(np.float32)
 
 
