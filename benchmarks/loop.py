@@ -127,6 +127,7 @@ class Ours:
         self.p, self.n_classes, self.class_names = p, n_classes, class_names
         self.seconds, self.first_steps, self.steps = args.round_seconds, args.first_steps, args.round_steps
         self.model: Model | None = None
+        self.history: list[Model] = []  # the networks predictions average over (``ensemble=N``: the last N rounds')
         self.rounds = 0
         self.first_preview = float("nan")
 
@@ -154,13 +155,12 @@ class Ours:
                 self.first_preview = time.perf_counter() - t0
         self.model = trainer.model
         keep = int(p.get("ensemble") or 1)  # predict with the mean of the last rounds' networks
-        self.history = ([*getattr(self, "history", []), self.model.copy()])[-keep:] if keep > 1 else [self.model]
+        self.history = [*self.history, self.model.copy()][-keep:] if keep > 1 else [self.model]
         self.rounds += 1
         return dict(steps=steps, loss=float(trainer.last_loss), train_seconds=time.perf_counter() - t0)
 
     def proba(self, image: np.ndarray) -> np.ndarray:
-        models = getattr(self, "history", None) or [self.model]
-        probs = sum(predict_proba(m, image, augment=bool(self.p.get("tta"))) for m in models) / len(models)
+        probs = sum(predict_proba(m, image, augment=bool(self.p.get("tta"))) for m in self.history) / len(self.history)
         return probs.astype(np.float32)
 
 

@@ -175,7 +175,8 @@ class Controller(OutputLayers):
 
     def slice_array(self, layer, z: int | None) -> np.ndarray:
         """A float32 ``(C, H, W)`` copy of one slice (``z=None`` for 2D) of an Image layer."""
-        data = full_resolution(layer) if z is None else full_resolution(layer)[z]
+        data = full_resolution(layer)
+        data = data if z is None else data[z]
         arr = np.array(data, dtype=np.float32, copy=True)
         if layer.rgb:
             arr = np.moveaxis(arr[..., :3], -1, 0)

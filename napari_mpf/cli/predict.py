@@ -32,7 +32,7 @@ from ..engine.scale import (
     encode_probabilities,
     write_counts_csv,
 )
-from ..engine.scale.layouts import OME_SUFFIX, LabelsLayout, OmeLayout, is_labels_path
+from ..engine.scale.layouts import LabelsLayout, OmeLayout, is_labels_path, is_ome_path
 from .common import (
     PROB_EXT,
     SEG_EXT,
@@ -268,7 +268,7 @@ def _predict_zarr(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"output store {out} exists and is a file, not a zarr store")
     if args.segmentation:
-        where = "its label image labels/segmentation" if _is_ome(out) else "array 'segmentation'"
+        where = "its label image labels/segmentation" if is_ome_path(out) else "array 'segmentation'"
         raise CLIError(f"with a .zarr output the segmentation is stored in the store ({where}); drop --segmentation")
     refuse_overwrite(out, [args.image, args.model], "output store")
     counts_out = check_out(args.counts, (".csv",), "counts file") if args.counts else None
@@ -348,10 +348,6 @@ def _predict_zarr(args: argparse.Namespace) -> int:
         print(f"wrote per-slice counts of '{names[settings.class_index]}' objects to {counts_out}: "
               f"{int(counts[:, 0].sum())} object(s), {int(counts[:, 2].sum())} of {z} slice(s) flagged")
     return 0
-
-
-def _is_ome(path: Path) -> bool:
-    return str(path).lower().rstrip("/").endswith(OME_SUFFIX)
 
 
 @contextmanager

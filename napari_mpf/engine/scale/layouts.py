@@ -33,7 +33,7 @@ from ..io.volume import Volume
 from ..network.inputs import InputError
 from ..post.colors import class_color, class_rgba
 
-__all__ = ["PlainLayout", "OmeLayout", "LabelsLayout", "layout_for", "is_labels_path", "auto_levels", "OME_SUFFIX"]
+__all__ = ["PlainLayout", "OmeLayout", "LabelsLayout", "layout_for", "is_ome_path", "is_labels_path", "auto_levels", "OME_SUFFIX"]
 
 OME_SUFFIX = ".ome.zarr"
 
@@ -209,6 +209,7 @@ class LabelsLayout:
         return (z, *rest) if self.stack else tuple(rest)
 
     def create(self, g, shape, chunks, prob_dtype, seg_dtype, volume: Volume, class_names) -> None:
+        import zarr
         from ome_zarr.writer import write_multiscales_metadata
 
         z = shape[0]
@@ -219,8 +220,6 @@ class LabelsLayout:
             named = {"dimension_names": spatial} if self.zarr_format == 3 else {}
             g.create_array(str(lv), shape=(*lead, hl, wl), chunks=(*(1,) * len(lead), cy >> lv, cx >> lv),
                            dtype=seg_dtype, fill_value=0, **named)
-        import zarr
-
         axes, datasets = _datasets(volume, self.stack, self.levels, channel=False)
         write_multiscales_metadata(g, datasets, axes=axes, name=self.name)
         labels = zarr.open_group(str(Path(self.image) / "labels"), mode="a", zarr_format=self.zarr_format)
@@ -234,6 +233,11 @@ class LabelsLayout:
 
     def probabilities(self, arrays, z: int, k: int) -> np.ndarray:  # pragma: no cover - counting is refused
         raise InputError("a label image keeps no probabilities")
+
+
+def is_ome_path(path) -> bool:
+    """A store path named ``*.ome.zarr`` (an OME-Zarr image is written there)."""
+    return str(path).lower().rstrip("/").endswith(OME_SUFFIX)
 
 
 def is_labels_path(path) -> bool:
@@ -290,7 +294,7 @@ def layout_for(path, volume: Volume, chunks: tuple[int, int], levels: int | None
     labels = labels_of_input(path, volume, chunks, levels)
     if labels is not None:
         return labels
-    if not str(path).lower().rstrip("/").endswith(OME_SUFFIX):
+    if not is_ome_path(path):
         if levels is not None:
             raise InputError(f"pyramid levels apply to an OME-Zarr output (a store named *{OME_SUFFIX}), not {path}")
         return PlainLayout()
