@@ -28,7 +28,8 @@ magnetic tile and scores three defective and three defect-free tiles of other ac
 Row keys beyond the recipe's (``preset``, ``lr``, ``crop``…): ``live=N`` steps per later round,
 ``rsteps=X`` times the steps, ``calibrate=false``, ``tta=true`` (predictions averaged over the 8
 rotations and flips), ``fresh=true`` (a new network every round, trained for the first round's
-steps), ``ensemble=N`` (predictions averaged over the networks of the last N rounds).
+steps), ``ensemble=N`` (predictions averaged over the networks of the last N rounds), ``anchor=X`` (the
+weight of the anchor of continued runs, ``TrainConfig.anchor``).
 
 Writes a markdown report (``--out``, default ``benchmarks/LOOP.md``), the per-round records
 (``--json``) and a plot of error vs round and vs seconds (``--plot``; needs matplotlib).
@@ -61,7 +62,8 @@ _DEFAULTS = recipe.defaults()
 RECIPE_KEYS = {"network": "preset", "filters": "filters", "activation": "activation", "optimizer": "optimizer",
                "lr": "lr", "step_size": "crop", "balance": "balance", "seed": "seed"}
 OURS = dict({key: _DEFAULTS[name] for name, key in RECIPE_KEYS.items()}, spec=None,
-            calibrate=TrainConfig.calibrate, rsteps=None, live=None, fresh=False, ensemble=1, tta=False)
+            calibrate=TrainConfig.calibrate, rsteps=None, live=None, fresh=False, ensemble=1, tta=False,
+            anchor=TrainConfig.anchor)
 
 
 @dataclass
@@ -144,7 +146,8 @@ class Ours:
         steps = 100_000 if self.seconds else (self.first_steps if first else later)
         cfg = TrainConfig(steps=int(round(steps * scale)), seconds=self.seconds * scale if self.seconds else None,
                           optimizer=p["optimizer"], lr=p.get("lr"), crop=p.get("crop"), calibrate=bool(p["calibrate"]),
-                          balance=p["balance"], seed=int(p["seed"]) * 1000 + self.rounds)
+                          balance=p["balance"], seed=int(p["seed"]) * 1000 + self.rounds,
+                          anchor=float(p.get("anchor") or 0))
         trainer = Trainer(self.model, [image], [labels], cfg)
         if self.rounds == 0:
             trainer.request_preview()  # what the widget shows first

@@ -15,7 +15,8 @@ from ..network.padding import mirror_indices, padded_size
 from ..network.predict import normalise
 from ..network.superpixels import relabel, slic_superpixels
 
-__all__ = ["Batch", "batch_loss", "crop_box", "labelled_box", "loss_and_gradients", "make_batch", "masked_cross_entropy"]
+__all__ = ["Batch", "anchor_term", "batch_loss", "crop_box", "labelled_box", "loss_and_gradients", "make_batch",
+           "masked_cross_entropy"]
 
 
 def masked_cross_entropy(
@@ -42,6 +43,26 @@ def masked_cross_entropy(
     row_loss = np.empty(labels.shape[0])
     softmax_cross_entropy(np.ascontiguousarray(logits), labels, class_weight, grad, row_loss)
     return float(row_loss.sum()), grad
+
+
+def anchor_term(logits: np.ndarray, labels: np.ndarray, anchor: np.ndarray, weight: float) -> tuple[float, np.ndarray]:
+    """``weight`` times the mean over the unpainted pixels (``labels == 0``; NaN anchors are outside
+    the image) of the KL divergence from the ``anchor`` probabilities ``(K, H, W)`` to the softmax of
+    ``logits``, and its gradient w.r.t. ``logits``: it keeps the predictions away from the strokes near
+    those a continued run started from."""
+    mask = (labels == 0) & np.isfinite(anchor[0])
+    n = int(mask.sum())
+    grad = np.zeros_like(logits)
+    if n == 0 or weight <= 0:
+        return 0.0, grad
+    z = logits.astype(np.float64)
+    z -= z.max(axis=0)
+    log_p = z - np.log(np.exp(z).sum(axis=0))
+    q = np.where(mask, np.nan_to_num(anchor, nan=0.0), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = np.where(q > 0, q * (np.log(q) - log_p), 0.0).sum()
+    grad[:] = (weight / n) * (np.exp(log_p) - q) * mask
+    return float(weight * kl / n), grad
 
 
 def labelled_box(labels: np.ndarray, factor: tuple[int, int], out_limit: tuple[int, int]):
@@ -87,6 +108,8 @@ class Batch:
     n_segments: int = 0
     valid: tuple[int, int] | None = None
     image_target: np.ndarray | None = None  # (K - 1,)
+    anchor: np.ndarray | None = None  # (K, oh, ow) probabilities the unpainted pixels are kept near, NaN outside
+    anchor_weight: float = 0.0
 
 
 def make_batch(
@@ -96,13 +119,15 @@ def make_batch(
     crop: tuple[int, int, int, int] | None = None,
     segments: np.ndarray | None = None,
     image_target: np.ndarray | None = None,
+    anchor: np.ndarray | None = None,
+    anchor_weight: float = 0.0,
 ) -> Batch:
     """Cut a normalised image ``(C, H, W)`` and its labels to the box of painted pixels, or to the
     output box ``crop = (y0, x0, oh, ow)`` (see :func:`crop_box`).
 
     Exact: the mirror padding is that of the whole image, whatever the box. ``segments`` (the
     image's superpixels) and ``image_target`` (per class after the first: 1 present, 0 absent, NaN
-    unknown) are cut to the box too: a class absent from the image is absent from the box; a present
+    unknown) and ``anchor`` (probabilities ``(K, H, W)``, see :func:`anchor_term`) are cut to the box too: a class absent from the image is absent from the box; a present
     one is known present in the box only if the box holds the whole image or a painted pixel of it.
     """
     _, h, w = x.shape
@@ -117,6 +142,10 @@ def make_batch(
     part = lab[y0 : y0 + oh, x0 : x0 + ow]
     box_labels[: part.shape[0], : part.shape[1]] = part
     batch = Batch(padded, box_labels, valid=part.shape)
+    if anchor is not None and anchor_weight > 0:
+        batch.anchor = np.full((anchor.shape[0], oh, ow), np.nan, np.float32)
+        batch.anchor[:, : part.shape[0], : part.shape[1]] = anchor[:, y0 : y0 + oh, x0 : x0 + ow]
+        batch.anchor_weight = float(anchor_weight)
     if segments is not None:
         box_segments = np.full((oh, ow), -1, np.int32)
         box_segments[: part.shape[0], : part.shape[1]] = segments[y0 : y0 + oh, x0 : x0 + ow]
@@ -171,7 +200,7 @@ def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool
     """
     if not has_heads(model):
         logits, cache = forward(model, batch.padded, keep=need_grad, workspace=workspace)
-        loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance)
+        loss, grad_logits = _dense_loss(logits, batch, balance)
         if not need_grad:
             return loss, None, None
         grad_w, grad_b = backward(model, cache, grad_logits)
@@ -179,7 +208,7 @@ def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool
     logits, image_logits, hcache = model_forward(
         model, batch.padded, batch.segments, batch.n_segments, batch.valid, keep=need_grad, workspace=workspace
     )
-    loss, grad_logits = masked_cross_entropy(logits, batch.labels, balance)
+    loss, grad_logits = _dense_loss(logits, batch, balance)
     grad_image = None
     if image_logits is not None and batch.image_target is not None:
         extra, grad_image = image_loss(image_logits, batch.image_target, model.image_head["loss_weight"])
@@ -188,6 +217,15 @@ def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool
         return loss, None, None
     grad_w, grad_b = model_backward(model, hcache, grad_logits, grad_image)
     return loss, grad_w, grad_b
+
+
+def _dense_loss(logits: np.ndarray, batch: Batch, balance: bool) -> tuple[float, np.ndarray]:
+    """The strokes' cross-entropy, plus the anchor term when the batch has one."""
+    loss, grad = masked_cross_entropy(logits, batch.labels, balance)
+    if batch.anchor is not None:
+        extra, grad_anchor = anchor_term(logits, batch.labels, batch.anchor, batch.anchor_weight)
+        loss, grad = loss + extra, grad + grad_anchor
+    return loss, grad
 
 
 def _loss_and_gradients(model: Model, x: np.ndarray, lab: np.ndarray, balance: bool, image_target=None):

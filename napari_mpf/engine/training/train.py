@@ -68,7 +68,9 @@ class TrainConfig:
     ``calibrate``: at the end of a run (or a stop) the class scores are corrected by the class
     priors the network sees on the training images, and previews by those of the preview image
     (:mod:`~napari_mpf.engine.training.calibration`; not with an image-level head).
-    A network that has trained before continues at ``CONTINUE_LR`` times the default learning rate.
+    A network that has trained before continues at ``CONTINUE_LR`` times the default learning rate,
+    and with ``anchor > 0`` its predictions on the unpainted pixels are kept near those it started the
+    run with (that weight times their mean KL divergence added to the loss; in-memory images only).
     """
 
     steps: int = 50
@@ -85,6 +87,7 @@ class TrainConfig:
     context: str | None = None
     context_share: float = 0.5
     calibrate: bool = True
+    anchor: float = 0.0
 
     def check(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -99,6 +102,8 @@ class TrainConfig:
             raise InputError(f"seconds must be a positive number of seconds (or None), got {self.seconds}")
         if self.balance not in (True, False):
             raise InputError(f"balance must be True or False, got {self.balance!r}")
+        if not (self.anchor >= 0 and math.isfinite(self.anchor)):
+            raise InputError(f"anchor must be a number >= 0, got {self.anchor}")
         if not 0 < self.context_share < 1:
             raise InputError(f"context_share must be between 0 and 1, got {self.context_share}")
 
@@ -151,6 +156,7 @@ class Trainer:
         self.image_targets = self._image_targets(image_labels, n)
         self._segments: dict[int, np.ndarray] = {}
         self._preview_requested = False
+        self._anchors: list[np.ndarray] | None = None
         self.last_loss = float("nan")
 
     def request_preview(self) -> None:
@@ -240,6 +246,9 @@ class Trainer:
         if cfg.lr is None and int(model.provenance.get("steps", 0)) > 0:
             base_lr *= CONTINUE_LR  # a trained network continues: fine-tune, don't start over
         unshift_model(model)  # train the network itself; the prior correction is redone at the end
+        self._anchors = None
+        if cfg.anchor > 0 and int(model.provenance.get("steps", 0)) > 0 and self.dataset is None:
+            self._anchors = [predict_proba(model, img) for img in self.images]
         # weights become views into one flat vector that the optimiser updates in place
         theta, _ = _flatten(model)
         opt = make_optimizer(cfg.optimizer, theta.size, cfg.momentum)
@@ -282,9 +291,11 @@ class Trainer:
                 image, lab = self.dataset.pair(index)
                 x = normalise(model, image)
             segments = self._superpixels(index, x)
+            anchor = None if self._anchors is None else self._anchors[index]
             if cfg.augment:
                 k = int(rng.integers(8))
                 x, lab = dihedral(x, k), dihedral(lab, k)
+                anchor = None if anchor is None else dihedral(anchor, k)
                 if segments is not None:
                     segments = dihedral(segments, k)
             lab = np.ascontiguousarray(lab)
@@ -294,7 +305,8 @@ class Trainer:
                 box = crop_box(model, lab, int(cfg.crop), rng) if cfg.crop else None
             target = None if self.image_targets is None else self.image_targets[index]
             batch = make_batch(model, np.ascontiguousarray(x), lab, box,
-                               None if segments is None else np.ascontiguousarray(segments), target)
+                               None if segments is None else np.ascontiguousarray(segments), target,
+                               anchor, cfg.anchor)
             lr = base_lr * _schedule(step, planner.planned)
             loss = self._step(opt, theta, batch, lr, workspace)
             if math.isfinite(loss):
