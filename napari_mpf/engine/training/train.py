@@ -156,7 +156,7 @@ class Trainer:
         self.image_targets = self._image_targets(image_labels, n)
         self._segments: dict[int, np.ndarray] = {}
         self._preview_requested = False
-        self._anchors: list[np.ndarray] | None = None
+        self._anchors: dict[int, np.ndarray] | None = None
         self.last_loss = float("nan")
 
     def request_preview(self) -> None:
@@ -248,7 +248,7 @@ class Trainer:
         unshift_model(model)  # train the network itself; the prior correction is redone at the end
         self._anchors = None
         if cfg.anchor > 0 and int(model.provenance.get("steps", 0)) > 0 and self.dataset is None:
-            self._anchors = [predict_proba(model, img) for img in self.images]
+            self._anchors = {i: predict_proba(model, self.images[i]) for i in usable}  # the images trained on
         # weights become views into one flat vector that the optimiser updates in place
         theta, _ = _flatten(model)
         opt = make_optimizer(cfg.optimizer, theta.size, cfg.momentum)
