@@ -126,8 +126,9 @@ def make_batch(
     output box ``crop = (y0, x0, oh, ow)`` (see :func:`crop_box`).
 
     Exact: the mirror padding is that of the whole image, whatever the box. ``segments`` (the
-    image's superpixels) and ``image_target`` (per class after the first: 1 present, 0 absent, NaN
-    unknown) and ``anchor`` (probabilities ``(K, H, W)``, see :func:`anchor_term`) are cut to the box too: a class absent from the image is absent from the box; a present
+    image's superpixels), ``anchor`` (probabilities ``(K, H, W)`` kept with ``anchor_weight``, see
+    :func:`anchor_term`) and ``image_target`` (per class after the first: 1 present, 0 absent, NaN
+    unknown) are cut to the box too: a class absent from the image is absent from the box; a present
     one is known present in the box only if the box holds the whole image or a painted pixel of it.
     """
     _, h, w = x.shape
