@@ -104,7 +104,7 @@ def run_training(trainer, steps: int | None, quiet: bool):
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        # Numba compiles the kernels during the first step on a first use (15-20 s on 2 cores): say so
+        # Numba compiles the kernels during the first step on a first use (about 16 s on 2 cores): say so
         with progress_bar(steps, "training (compiling on first use…)", quiet) as bar:
             while True:
                 try:

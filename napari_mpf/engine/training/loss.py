@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import log_softmax, xlogy
 
 from ..kernels.layers import softmax_cross_entropy
 from ..network.heads import has_heads, image_loss, model_backward, model_forward
@@ -50,19 +51,15 @@ def anchor_term(logits: np.ndarray, labels: np.ndarray, anchor: np.ndarray, weig
     the image) of the KL divergence from the ``anchor`` probabilities ``(K, H, W)`` to the softmax of
     ``logits``, and its gradient w.r.t. ``logits``: it keeps the predictions away from the strokes near
     those a continued run started from."""
-    mask = (labels == 0) & np.isfinite(anchor[0])
+    mask = (labels == 0) & ~np.isnan(anchor[0])
     n = int(mask.sum())
-    grad = np.zeros_like(logits)
     if n == 0 or weight <= 0:
-        return 0.0, grad
-    z = logits.astype(np.float64)
-    z -= z.max(axis=0)
-    log_p = z - np.log(np.exp(z).sum(axis=0))
-    q = np.where(mask, np.nan_to_num(anchor, nan=0.0), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl = np.where(q > 0, q * (np.log(q) - log_p), 0.0).sum()
-    grad[:] = (weight / n) * (np.exp(log_p) - q) * mask
-    return float(weight * kl / n), grad
+        return 0.0, np.zeros_like(logits)
+    log_p = log_softmax(logits.astype(np.float64), axis=0)
+    q = np.where(mask, anchor, 0.0)
+    kl = float(xlogy(q, q).sum() - (q * log_p).sum())  # finite even where p underflows to 0
+    grad = ((np.exp(log_p) - q) * (mask * (weight / n))).astype(logits.dtype)
+    return weight * kl / n, grad
 
 
 def labelled_box(labels: np.ndarray, factor: tuple[int, int], out_limit: tuple[int, int]):

@@ -1,6 +1,6 @@
 """Compile the engine's kernels before the user needs them.
 
-Numba compiles each kernel on its first call (15-20 s for the default net on a fresh install on two
+Numba compiles each kernel on its first call (about 16 s for the default net on a fresh install on two
 cores; its on-disk cache makes later starts quick). :func:`warm_up` runs the default path once on a
 tiny image, a training step with a preview and a prediction, so that the widget (in a background
 thread while the user paints) and the command line can take that wait before Train, not after it.
