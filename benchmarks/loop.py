@@ -4,7 +4,10 @@ A simulated user (``simulated_user.py``) paints round 1: ``--first-strokes`` sho
 class (3 px wide, 12-24 px long) in the middle of each class's regions and along thin structures.
 Each later round adds ``--more-strokes`` strokes where the preview is most wrong (the largest wrong
 region first, painted with the true class there) or, with ``--place uncertain``, where it is least
-certain. After every round each method learns from the same strokes: our network trains
+certain. The strokes correct one method's preview (``--placed-by``, default the first row, ours: the
+issue's protocol) and every method learns from those same strokes; ``--placed-by rf`` lets the
+forest's preview place them, ``--placed-by each`` gives every method its own session correcting its
+own preview (the strokes then differ from round 2 on). After every round our network trains
 ``--first-steps`` in round 1 (what Train does) and then **continues from its current weights** for
 ``--round-steps`` per round (what live retraining does after the user paints; steps make runs on a
 busy machine comparable, ``--round-seconds`` gives a time per round instead), the forest (scikit-image
@@ -19,10 +22,11 @@ and defective other tiles.
 
 Tasks: ``em`` paints one ISBI 2012 slice and scores two others; ``tiles`` paints one defective
 magnetic tile and scores three defective and three defect-free tiles of other acquisition groups.
-``--runs`` tasks per data set, each with its own images and seed.
+``--runs`` tasks per data set, each with its own images and strokes (``--seed`` picks other ones).
 
     .venv/bin/python benchmarks/loop.py                        # both data sets, ~10 min
     .venv/bin/python benchmarks/loop.py --place uncertain      # strokes where the model is unsure
+    .venv/bin/python benchmarks/loop.py --placed-by ours rf    # strokes from our preview, then the forest's
     .venv/bin/python benchmarks/loop.py --methods ours rf 'wide:preset=wide,filters=none'
 
 Row keys beyond the recipe's (``preset``, ``lr``, ``crop``…): ``live=N`` steps per later round,
@@ -226,42 +230,59 @@ def flagged(probs: np.ndarray) -> bool:
     return bool(count_objects(probs[-1], 0.5, min_area=10).present[0])
 
 
-def run_task(task: Task, method: str, params: dict, args, place: str) -> list[dict]:
-    """The rounds of one simulated session for one method; one record per round."""
-    rng = np.random.default_rng([int(params.get("seed", 0)), zlib.crc32(task.name.encode())])
+def run_task(task: Task, methods: list[tuple[str, dict]], args, place: str, placed_by: str) -> list[dict]:
+    """The rounds of one simulated session, one record per method and round.
+
+    ``placed_by``: the method whose preview places the correction strokes; every method learns from
+    those same strokes (the issue's protocol: a person corrects what the preview shows, and the peer
+    refits on the same strokes). ``"each"``: a session per method, each correcting its own preview.
+    """
+    if placed_by == "each":
+        return [rec for m in methods for rec in run_task(task, [m], args, place, m[0])]
+    names = [name for name, _ in methods]
+    if placed_by not in names:
+        raise ValueError(f"the strokes are placed by {placed_by!r}, which is not one of the rows {names}")
+    rng = np.random.default_rng([int(args.seed), zlib.crc32(task.name.encode())])
     n_classes = int(task.truth.max())
-    if params["kind"] == "rf":
-        learner = Forest(params)
-    else:
-        learner = Ours(params, n_classes, task.class_names, args)
+    learners = {name: Forest(params) if params["kind"] == "rf" else Ours(params, n_classes, task.class_names, args)
+                for name, params in methods}
     labels = su.first_strokes(task.truth, args.first_strokes, rng)
     records, probs = [], None
     for r in range(1, args.rounds + 1):
         if r > 1:
             labels = su.correction_strokes(task.truth, labels, probs, args.more_strokes, rng, place)
-        t0 = time.perf_counter()
-        info = learner.learn(task.image, labels)
-        probs = learner.proba(task.image)
-        seconds = time.perf_counter() - t0
-        s = scores(probs, task.truth, labels == 0)
-        other = [scores(learner.proba(img), tru) | {"flag": None} for img, tru in task.others]
-        rec = dict(dataset=task.dataset, task=task.name, method=method, place=place, round=r,
-                   painted=int((labels > 0).sum()), seconds=seconds, **info, **s,
-                   other_error=float(np.mean([o["error"] for o in other])),
-                   other_trivial=float(np.mean([o["trivial"] for o in other])))
-        if r == 1 and isinstance(learner, Ours):
-            rec["first_preview"] = learner.first_preview
-        if task.dataset == "tiles":
-            flags = [flagged(learner.proba(img)) for img, _ in task.others]
-            free = [f for f, d in zip(flags, task.others_defective, strict=True) if not d]
-            hit = [f for f, d in zip(flags, task.others_defective, strict=True) if d]
-            rec["false_flags"] = float(np.mean(free))
-            rec["missed_flags"] = float(1 - np.mean(hit))
-        records.append(rec)
-        print(f"  {task.dataset} {task.name} {method} r{r}: err {s['error']:.3f} other {rec['other_error']:.3f} "
-              f"(trivial {s['trivial']:.3f}) share {s['pred_share']:.2f}/{s['true_share']:.2f} "
-              f"{seconds:.1f}s {info['steps']} steps", flush=True)
+        for name, learner in learners.items():
+            t0 = time.perf_counter()
+            info = learner.learn(task.image, labels)
+            mine = learner.proba(task.image)
+            seconds = time.perf_counter() - t0
+            if name == placed_by:
+                probs = mine  # the next round's strokes correct this preview
+            records.append(_record(task, name, learner, mine, labels, info, seconds, place, placed_by, r))
     return records
+
+
+def _record(task: Task, method: str, learner, probs, labels, info: dict, seconds: float, place: str,
+            placed_by: str, r: int) -> dict:
+    """The scores of one method after round ``r``, printed as a progress line."""
+    s = scores(probs, task.truth, labels == 0)
+    other = [scores(learner.proba(img), tru) for img, tru in task.others]
+    rec = dict(dataset=task.dataset, task=task.name, method=method, place=place, placed_by=placed_by, round=r,
+               painted=int((labels > 0).sum()), seconds=seconds, **info, **s,
+               other_error=float(np.mean([o["error"] for o in other])),
+               other_trivial=float(np.mean([o["trivial"] for o in other])))
+    if r == 1 and isinstance(learner, Ours):
+        rec["first_preview"] = learner.first_preview
+    if task.dataset == "tiles":
+        flags = [flagged(learner.proba(img)) for img, _ in task.others]
+        free = [f for f, d in zip(flags, task.others_defective, strict=True) if not d]
+        hit = [f for f, d in zip(flags, task.others_defective, strict=True) if d]
+        rec["false_flags"] = float(np.mean(free))
+        rec["missed_flags"] = float(1 - np.mean(hit))
+    print(f"  {task.dataset} {task.name} {method} r{r}: err {s['error']:.3f} other {rec['other_error']:.3f} "
+          f"(trivial {s['trivial']:.3f}) share {s['pred_share']:.2f}/{s['true_share']:.2f} "
+          f"{seconds:.1f}s {info['steps']} steps", flush=True)
+    return rec
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,15 +296,15 @@ def _mean(values) -> float:
 
 
 def summarise(records: list[dict]) -> list[dict]:
-    """Means over tasks per (data set, method, placement, round)."""
-    keys = sorted({(r["dataset"], r["method"], r["place"], r["round"]) for r in records},
-                  key=lambda k: (k[0], k[2], k[1], k[3]))
+    """Means over tasks per (data set, method, placement, placed by, round)."""
+    fields = ("dataset", "method", "place", "placed_by", "round")
+    keys = sorted({tuple(r[f] for f in fields) for r in records}, key=lambda k: (k[0], k[2], k[3], k[1], k[4]))
     out = []
     for key in keys:
-        rows = [r for r in records if (r["dataset"], r["method"], r["place"], r["round"]) == key]
+        rows = [r for r in records if tuple(r[f] for f in fields) == key]
         mean = {k: _mean([r.get(k) for r in rows]) for k in rows[0]
                 if isinstance(rows[0][k], (int, float)) and k != "round"}
-        mean.update(dataset=key[0], method=key[1], place=key[2], round=key[3], n=len(rows))
+        mean.update(zip(fields, key), n=len(rows))
         out.append(mean)
     return out
 
@@ -295,8 +316,8 @@ def report(summary: list[dict], args) -> str:
              + (f"{args.round_seconds:g} s" if args.round_seconds else
                 f"{args.first_steps} steps in round 1 (Train), then {args.round_steps} (live retraining)") + "\n"]
     for dataset in sorted({s["dataset"] for s in summary}):
-        for place in sorted({s["place"] for s in summary if s["dataset"] == dataset}):
-            rows = [s for s in summary if s["dataset"] == dataset and s["place"] == place]
+        for place, by in sorted({(s["place"], s["placed_by"]) for s in summary if s["dataset"] == dataset}):
+            rows = [s for s in summary if (s["dataset"], s["place"], s["placed_by"]) == (dataset, place, by)]
             head = ["method", "round", "painted px", "error", "trivial", "other images", "other trivial",
                     "pred / true share", "F1 fg", "s / round", "first preview s"]
             if dataset == "tiles":
@@ -310,7 +331,9 @@ def report(summary: list[dict], args) -> str:
                 if dataset == "tiles":
                     row += [s.get("false_flags"), s.get("missed_flags")]
                 table.append(row)
-            lines += [f"### {dataset}, strokes placed where the preview is {'wrong' if place == 'error' else 'least certain'}",
+            whose = "each method's own" if by == "each" else f"{by}'s"
+            lines += [f"### {dataset}, strokes placed where {whose} preview is "
+                      f"{'wrong' if place == 'error' else 'least certain'}",
                       "", ec.markdown_table(head, table), ""]
     return "\n".join(lines + ["### In short", "", *verdicts(summary), ""])
 
@@ -318,37 +341,43 @@ def report(summary: list[dict], args) -> str:
 def verdicts(summary: list[dict], ours: str = "ours", peer: str = "rf") -> list[str]:
     """The issue's questions, answered from the means: round 1 against the trivial answer, later
     rounds against the forest, and how many strokes the uncertainty-placed rounds need to reach the
-    error of the last error-placed round."""
+    error of the last error-placed round (for every choice of who placed the strokes)."""
     out = []
     for dataset in sorted({s["dataset"] for s in summary}):
-        def row(method, place, r, dataset=dataset):
-            return next((s for s in summary if (s["dataset"], s["method"], s["place"], s["round"])
-                         == (dataset, method, place, r)), None)
+        for by in sorted({s["placed_by"] for s in summary if s["dataset"] == dataset}):
+            def row(method, place, r, dataset=dataset, by=by):
+                return next((s for s in summary if (s["dataset"], s["method"], s["place"], s["placed_by"], s["round"])
+                             == (dataset, method, place, by, r)), None)
 
-        first = row(ours, "error", 1)
-        if first is not None:
-            out.append(f"- {dataset}, round 1: ours {first['error']:.3f} on the painted image "
-                       f"({first['other_error']:.3f} on the others) against the trivial answer's "
-                       f"{first['trivial']:.3f} ({first['other_trivial']:.3f}); first preview "
-                       f"{first.get('first_preview', float('nan')):.2f} s after Train")
-        later = [(row(ours, "error", r), row(peer, "error", r)) for r in range(2, 100)]
-        later = [(a, b) for a, b in later if a is not None and b is not None]
-        if later:
-            wins = sum(a["error"] < b["error"] for a, b in later)
-            out.append(f"- {dataset}, rounds 2-{later[-1][0]['round']}: ours below the forest in {wins} of "
-                       f"{len(later)} rounds on the painted image, "
-                       f"{sum(a['other_error'] < b['other_error'] for a, b in later)} on the others; mean gap "
-                       f"{np.mean([a['error'] - b['error'] for a, b in later]):+.3f} (painted), "
-                       f"{np.mean([a['other_error'] - b['other_error'] for a, b in later]):+.3f} (others)")
-        rounds = sorted(s["round"] for s in summary if (s["dataset"], s["method"], s["place"]) == (dataset, ours, "error"))
-        unsure = [s for s in summary if (s["dataset"], s["method"], s["place"]) == (dataset, ours, "uncertain")]
-        if rounds and unsure:
-            goal = row(ours, "error", rounds[-1])
-            hit = next((s for s in sorted(unsure, key=lambda s: s["round"]) if s["error"] <= goal["error"]), None)
-            out.append(f"- {dataset}: error-placed strokes reach {goal['error']:.3f} after round {goal['round']} "
-                       f"({goal['painted']:.0f} px painted); uncertainty-placed strokes "
-                       + (f"reach it in round {hit['round']} ({hit['painted']:.0f} px)" if hit else
-                          f"do not within {len(unsure)} rounds (best {min(s['error'] for s in unsure):.3f})"))
+            whose = "each method's own preview" if by == "each" else f"{by}'s preview"
+            first = row(ours, "error", 1) or row(ours, "uncertain", 1)
+            if first is not None:
+                out.append(f"- {dataset}, round 1: ours {first['error']:.3f} on the painted image "
+                           f"({first['other_error']:.3f} on the others) against the trivial answer's "
+                           f"{first['trivial']:.3f} ({first['other_trivial']:.3f}); first preview "
+                           f"{first.get('first_preview', float('nan')):.2f} s after Train")
+            for place in ("error", "uncertain"):
+                later = [(row(ours, place, r), row(peer, place, r)) for r in range(2, 100)]
+                later = [(a, b) for a, b in later if a is not None and b is not None]
+                if later:
+                    wins = sum(a["error"] < b["error"] for a, b in later)
+                    where = "wrong" if place == "error" else "least certain"
+                    out.append(f"- {dataset}, strokes where {whose} is {where}, rounds 2-{later[-1][0]['round']}: "
+                               f"ours below the forest in {wins} of {len(later)} rounds on the painted image, "
+                               f"{sum(a['other_error'] < b['other_error'] for a, b in later)} on the others; "
+                               f"mean gap {np.mean([a['error'] - b['error'] for a, b in later]):+.3f} (painted), "
+                               f"{np.mean([a['other_error'] - b['other_error'] for a, b in later]):+.3f} (others)")
+            rounds = sorted(s["round"] for s in summary
+                            if (s["dataset"], s["method"], s["place"], s["placed_by"]) == (dataset, ours, "error", by))
+            unsure = sorted((s for s in summary if (s["dataset"], s["method"], s["place"], s["placed_by"])
+                             == (dataset, ours, "uncertain", by)), key=lambda s: s["round"])
+            if rounds and unsure:
+                goal = row(ours, "error", rounds[-1])
+                hit = next((s for s in unsure if s["error"] <= goal["error"]), None)
+                out.append(f"- {dataset}, strokes by {whose}: error-placed strokes reach {goal['error']:.3f} after "
+                           f"round {goal['round']} ({goal['painted']:.0f} px painted); uncertainty-placed strokes "
+                           + (f"reach it in round {hit['round']} ({hit['painted']:.0f} px)" if hit else
+                              f"do not within {len(unsure)} rounds (best {min(s['error'] for s in unsure):.3f})"))
     return out
 
 
@@ -362,12 +391,14 @@ def plot(summary: list[dict], path: Path) -> None:
     datasets = sorted({s["dataset"] for s in summary})
     fig, axes = plt.subplots(len(datasets), 2, figsize=(10, 3.6 * len(datasets)), squeeze=False)
     for row, dataset in zip(axes, datasets, strict=True):
-        series = sorted({(s["method"], s["place"]) for s in summary if s["dataset"] == dataset})
-        for method, place in series:
-            pts = [s for s in summary if (s["dataset"], s["method"], s["place"]) == (dataset, method, place)]
+        series = sorted({(s["method"], s["place"], s["placed_by"]) for s in summary if s["dataset"] == dataset})
+        several = len({by for _, _, by in series}) > 1
+        for method, place, by in series:
+            pts = [s for s in summary if (s["dataset"], s["method"], s["place"], s["placed_by"])
+                   == (dataset, method, place, by)]
             rounds = [s["round"] for s in pts]
             err = [s["error"] for s in pts]
-            label = method if place == "error" else f"{method} ({place})"
+            label = method + ("" if place == "error" else f" ({place})") + (f" [strokes by {by}]" if several else "")
             row[0].plot(rounds, err, marker="o", label=label)
             row[1].plot(np.cumsum([s["seconds"] for s in pts]), err, marker="o", label=label)
         trivial = [s["trivial"] for s in summary if s["dataset"] == dataset and s["round"] == 1]
@@ -400,7 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--place", default="error", choices=["error", "uncertain", "both"])
     ap.add_argument("--methods", nargs="+", default=["ours", "rf"], metavar="NAME[:k=v,...]",
                     help="rows: 'ours' (the defaults), 'rf' (the forest), or NAME:key=value,... over OURS")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--placed-by", nargs="+", default=None, metavar="ROW|each",
+                    help="whose preview places the correction strokes that every row learns from (default: the "
+                         "first row, ours); 'each': every row corrects its own preview in its own session")
+    ap.add_argument("--seed", type=int, default=0, help="which tasks and strokes")
     ap.add_argument("--out", type=Path, default=HERE / "LOOP.md", help="markdown report (overwritten)")
     ap.add_argument("--json", type=Path, default=HERE / "loop_latest.json", help="per-round records")
     ap.add_argument("--plot", type=Path, default=HERE / "loop.png")
@@ -419,10 +453,16 @@ def main(argv=None) -> list[dict]:
         tasks += tile_tasks(args.data / "magnetic_tile_train.npz", args.runs, args.seed)
     places = ["error", "uncertain"] if args.place == "both" else [args.place]
     records = []
+    methods = [(v.name, dict(v.params, kind=v.kind)) for v in variants]
+    names = [name for name, _ in methods]
+    placed_by = args.placed_by or [names[0]]
+    unknown = [by for by in placed_by if by != "each" and by not in names]
+    if unknown:
+        raise SystemExit(f"--placed-by {' '.join(unknown)}: not one of the rows ({', '.join(names)}) or 'each'")
     for task in tasks:
-        for v in variants:
+        for by in placed_by:
             for place in places:
-                records += run_task(task, v.name, dict(v.params, kind=v.kind), args, place)
+                records += run_task(task, methods, args, place, by)
     summary = summarise(records)
     text = report(summary, args)
     print(text)

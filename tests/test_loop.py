@@ -78,26 +78,59 @@ def test_scores_against_known_answers():
     assert loop.scores(probs, truth, truth == 1)["error"] == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize("kind", ["mpf", "rf"])
-def test_a_short_session_runs_every_round(kind, tmp_path):
+def _task():
     sample = two_texture_sample((64, 64), seed=3)
     other = two_texture_sample((64, 64), seed=4)
-    task = loop.Task("tiles", "synthetic", sample.image, sample.truth, [(other.image, other.truth)] * 2,
+    return loop.Task("tiles", "synthetic", sample.image, sample.truth, [(other.image, other.truth)] * 2,
                      [True, False])
-    args = SimpleNamespace(first_strokes=3, more_strokes=2, rounds=2, round_seconds=None, first_steps=3,
-                           round_steps=2)
+
+
+_ARGS = dict(first_strokes=3, more_strokes=2, rounds=2, round_seconds=None, first_steps=3, round_steps=2, seed=0)
+
+
+@pytest.mark.parametrize("kind", ["mpf", "rf"])
+def test_a_short_session_runs_every_round(kind, tmp_path):
+    args = SimpleNamespace(**_ARGS)
     params = dict(loop.OURS, kind=kind) if kind == "mpf" else dict(loop.ec.RF_DEFAULTS, kind=kind)
-    records = loop.run_task(task, kind, params, args, "error")
+    records = loop.run_task(_task(), [(kind, params)], args, "error", kind)
     assert [r["round"] for r in records] == [1, 2]
     assert records[1]["painted"] > records[0]["painted"] > 0
     for r in records:
         assert 0 <= r["error"] <= 1 and 0 <= r["other_error"] <= 1
         assert r["false_flags"] in (0.0, 1.0)
+        assert r["placed_by"] == kind
     if kind == "mpf":
         assert [r["steps"] for r in records] == [3, 2] and records[0]["first_preview"] > 0
     summary = loop.summarise(records + records)
     assert [s["n"] for s in summary] == [2, 2]
     loop.plot(summary, tmp_path / "loop.png")
     assert (tmp_path / "loop.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| " + kind + " | 1 |" in loop.report(summary, SimpleNamespace(
-        runs=1, first_strokes=3, more_strokes=2, rounds=2, first_steps=3, round_steps=2, round_seconds=None))
+    assert "| " + kind + " | 1 |" in loop.report(summary, SimpleNamespace(**_ARGS, runs=1))
+
+
+def test_every_method_learns_from_the_strokes_of_the_one_that_places_them(monkeypatch):
+    seen = []  # (method, round, labels) as each learner is given them
+    learn_mpf, learn_rf = loop.Ours.learn, loop.Forest.learn
+
+    def spy(original, name):
+        def learn(self, image, labels):
+            seen.append((name, labels.copy()))
+            return original(self, image, labels)
+        return learn
+
+    monkeypatch.setattr(loop.Ours, "learn", spy(learn_mpf, "ours"))
+    monkeypatch.setattr(loop.Forest, "learn", spy(learn_rf, "rf"))
+    args = SimpleNamespace(**dict(_ARGS, rounds=3))
+    methods = [("ours", dict(loop.OURS, kind="mpf")), ("rf", dict(loop.ec.RF_DEFAULTS, kind="rf"))]
+    records = loop.run_task(_task(), methods, args, "error", "rf")
+    assert [(r["method"], r["round"]) for r in records] == [(m, r) for r in (1, 2, 3) for m in ("ours", "rf")]
+    for k in range(0, len(seen), 2):  # each round both learn the very same strokes
+        assert np.array_equal(seen[k][1], seen[k + 1][1])
+    assert {r["placed_by"] for r in records} == {"rf"}
+    # "each": separate sessions; round 1 is the same for both (one seed), later rounds follow each preview
+    seen.clear()
+    records = loop.run_task(_task(), methods, args, "error", "each")
+    assert [r["method"] for r in records] == ["ours"] * 3 + ["rf"] * 3
+    assert np.array_equal(seen[0][1], seen[3][1])
+    with pytest.raises(ValueError, match="not one of the rows"):
+        loop.run_task(_task(), methods, args, "error", "forest")
