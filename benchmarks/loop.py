@@ -304,7 +304,7 @@ def summarise(records: list[dict]) -> list[dict]:
         rows = [r for r in records if tuple(r[f] for f in fields) == key]
         mean = {k: _mean([r.get(k) for r in rows]) for k in rows[0]
                 if isinstance(rows[0][k], (int, float)) and k != "round"}
-        mean.update(zip(fields, key), n=len(rows))
+        mean.update(zip(fields, key, strict=True), n=len(rows))
         out.append(mean)
     return out
 
