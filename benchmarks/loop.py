@@ -309,6 +309,11 @@ def summarise(records: list[dict]) -> list[dict]:
     return out
 
 
+def _whose(by: str) -> str:
+    """Whose preview placed the strokes, in words."""
+    return {"each": "each method's own", "ours": "our network's", "rf": "the forest's"}.get(by, f"{by}'s")
+
+
 def report(summary: list[dict], args) -> str:
     lines = [ec.report_header("Loop benchmark: simulated user, ours vs the forest on the same strokes"),
              f"- {args.runs} task(s) per data set; round 1: {args.first_strokes} strokes per class; "
@@ -331,7 +336,7 @@ def report(summary: list[dict], args) -> str:
                 if dataset == "tiles":
                     row += [s.get("false_flags"), s.get("missed_flags")]
                 table.append(row)
-            whose = "each method's own" if by == "each" else f"{by}'s"
+            whose = _whose(by)
             lines += [f"### {dataset}, strokes placed where {whose} preview is "
                       f"{'wrong' if place == 'error' else 'least certain'}",
                       "", ec.markdown_table(head, table), ""]
@@ -349,7 +354,7 @@ def verdicts(summary: list[dict], ours: str = "ours", peer: str = "rf") -> list[
                 return next((s for s in summary if (s["dataset"], s["method"], s["place"], s["placed_by"], s["round"])
                              == (dataset, method, place, by, r)), None)
 
-            whose = "each method's own preview" if by == "each" else f"{by}'s preview"
+            whose = _whose(by) + " preview"
             first = row(ours, "error", 1) or row(ours, "uncertain", 1)
             if first is not None:
                 out.append(f"- {dataset}, round 1: ours {first['error']:.3f} on the painted image "
@@ -382,35 +387,39 @@ def verdicts(summary: list[dict], ours: str = "ours", peer: str = "rf") -> list[
 
 
 def plot(summary: list[dict], path: Path) -> None:
-    """Error vs round and vs cumulative seconds, one panel pair per data set."""
+    """Error vs round and vs cumulative seconds, one panel pair per data set and per preview that
+    placed the strokes; a method keeps its colour and a placement its line style throughout."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = sorted({s["dataset"] for s in summary})
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(10, 3.6 * len(datasets)), squeeze=False)
-    for row, dataset in zip(axes, datasets, strict=True):
-        series = sorted({(s["method"], s["place"], s["placed_by"]) for s in summary if s["dataset"] == dataset})
-        several = len({by for _, _, by in series}) > 1
-        for method, place, by in series:
-            pts = [s for s in summary if (s["dataset"], s["method"], s["place"], s["placed_by"])
-                   == (dataset, method, place, by)]
-            rounds = [s["round"] for s in pts]
-            err = [s["error"] for s in pts]
-            label = method + ("" if place == "error" else f" ({place})") + (f" [strokes by {by}]" if several else "")
-            row[0].plot(rounds, err, marker="o", label=label)
-            row[1].plot(np.cumsum([s["seconds"] for s in pts]), err, marker="o", label=label)
+    panels = sorted({(s["dataset"], s["placed_by"]) for s in summary})
+    methods = sorted({s["method"] for s in summary})
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.4 * len(panels)), squeeze=False)
+    for row, (dataset, by) in zip(axes, panels, strict=True):
+        for place in ("error", "uncertain"):
+            for method in methods:
+                pts = [s for s in summary if (s["dataset"], s["method"], s["place"], s["placed_by"])
+                       == (dataset, method, place, by)]
+                if not pts:
+                    continue
+                label = method + ("" if place == "error" else " (least certain)")
+                style = dict(marker="o", color=f"C{methods.index(method)}", ls="-" if place == "error" else "--",
+                             label=label)
+                err = [s["error"] for s in pts]
+                row[0].plot([s["round"] for s in pts], err, **style)
+                row[1].plot(np.cumsum([s["seconds"] for s in pts]), err, **style)
         trivial = [s["trivial"] for s in summary if s["dataset"] == dataset and s["round"] == 1]
         for ax in row:
             ax.axhline(float(np.mean(trivial)), color="grey", ls=":", label="trivial (round 1)")
             ax.set_ylabel("pixel error, unpainted pixels")
-            ax.set_title(dataset)
+            ax.set_title(f"{dataset}, strokes on {_whose(by)} preview", fontsize=10)
         row[0].set_xlabel("round")
         row[1].set_xlabel("seconds since the first Train")
         row[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
