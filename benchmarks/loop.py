@@ -266,7 +266,8 @@ def _record(task: Task, method: str, learner, probs, labels, info: dict, seconds
             placed_by: str, r: int) -> dict:
     """The scores of one method after round ``r``, printed as a progress line."""
     s = scores(probs, task.truth, labels == 0)
-    other = [scores(learner.proba(img), tru) for img, tru in task.others]
+    predicted = [learner.proba(img) for img, _ in task.others]  # once each: scores and flags read them
+    other = [scores(p, tru) for p, (_, tru) in zip(predicted, task.others, strict=True)]
     rec = dict(dataset=task.dataset, task=task.name, method=method, place=place, placed_by=placed_by, round=r,
                painted=int((labels > 0).sum()), seconds=seconds, **info, **s,
                other_error=float(np.mean([o["error"] for o in other])),
@@ -274,7 +275,7 @@ def _record(task: Task, method: str, learner, probs, labels, info: dict, seconds
     if r == 1 and isinstance(learner, Ours):
         rec["first_preview"] = learner.first_preview
     if task.dataset == "tiles":
-        flags = [flagged(learner.proba(img)) for img, _ in task.others]
+        flags = [flagged(p) for p in predicted]
         free = [f for f, d in zip(flags, task.others_defective, strict=True) if not d]
         hit = [f for f, d in zip(flags, task.others_defective, strict=True) if d]
         rec["false_flags"] = float(np.mean(free))

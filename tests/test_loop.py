@@ -109,7 +109,7 @@ def test_a_short_session_runs_every_round(kind, tmp_path):
 
 
 def test_every_method_learns_from_the_strokes_of_the_one_that_places_them(monkeypatch):
-    seen = []  # (method, round, labels) as each learner is given them
+    seen = []  # (method, labels) in the order the learners are given them
     learn_mpf, learn_rf = loop.Ours.learn, loop.Forest.learn
 
     def spy(original, name):
