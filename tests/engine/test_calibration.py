@@ -92,3 +92,26 @@ def test_a_model_with_an_image_level_head_is_not_shifted():
     add_image_head(model, 1.0)
     trained = fit(model, [image], [labels], TrainConfig(steps=3))
     assert "prior_shift" not in trained.provenance
+
+
+def test_a_continued_run_keeps_the_correction_the_network_came_with():
+    image, labels = _rare_class_sample()
+    model = Model.for_data([image], [labels], spec=SPEC, seed=0)
+    calibrated = fit(model, [image], [labels], TrainConfig(steps=15, seed=1))
+    shift = list(calibrated.provenance["prior_shift"])
+    plain = calibrated.copy()
+    unshift_model(plain)
+    corrections = labels.copy()  # a round of corrections of one kind: class 1 painted all over
+    corrections[::8, :] = np.where(labels[::8, :] == 0, 1, labels[::8, :])
+    more_plain = fit(plain, [image], [corrections], TrainConfig(steps=3, seed=2, calibrate=False))
+    trainer = Trainer(calibrated, [image], [corrections], TrainConfig(steps=3, seed=2, preview_every=1))
+    shown = [progress.probabilities for progress in trainer.run()]
+    more = trainer.model
+    assert more.provenance["prior_shift"] == shift  # kept, not estimated again
+    for a, b in zip(more_plain.weights, more.weights, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(more.biases[-1] - more_plain.biases[-1], np.float32(shift), atol=1e-5)
+    # the previews of the run carry the same correction as the network it ends with
+    np.testing.assert_allclose(shown[-1], predict_proba(more, image), atol=1e-5)
+    # ... which is not what estimating it again would give after these corrections
+    assert not np.allclose(prior_shift([predict_proba(more_plain, image)]), shift, atol=1e-3)

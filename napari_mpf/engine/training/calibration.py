@@ -8,7 +8,9 @@ every pixel, painted or not (one step of the EM of Saerens et al. 2002, from equ
 steps ran away to a single class in the loop benchmark), and :func:`shift_model` adds
 ``log(prior * K)`` to the class scores through the last layer's biases. The model file stays a
 plain network: an outside evaluator reads the corrected biases, and the shift itself is kept in
-``provenance["prior_shift"]`` so that training can take it out before it continues.
+``provenance["prior_shift"]`` so that training can take it out before it continues, and put it back
+after: a continued run keeps the first estimate (estimated again after a round of corrections of
+one kind, it ran away: membranes vanished in the loop benchmark).
 """
 
 from __future__ import annotations
@@ -60,9 +62,11 @@ def shift_model(model: Model, shift: np.ndarray) -> None:
     model.provenance["prior_shift"] = [float(v) for v in shift]
 
 
-def unshift_model(model: Model) -> None:
-    """Take a shift made by :func:`shift_model` back out (in place); nothing if there is none."""
+def unshift_model(model: Model) -> list[float] | None:
+    """Take a shift made by :func:`shift_model` back out (in place) and return it (``None`` if
+    there is none)."""
     shift = model.provenance.pop("prior_shift", None)
     if shift is not None:
         bias = _last_bias(model)
         bias -= np.asarray(shift, bias.dtype)
+    return shift

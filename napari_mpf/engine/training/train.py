@@ -67,7 +67,9 @@ class TrainConfig:
     returns that two-stage model (``None`` = one stage).
     ``calibrate``: at the end of a run (or a stop) the class scores are corrected by the class
     priors the network sees on the training images, and previews by those of the preview image
-    (:mod:`~napari_mpf.engine.training.calibration`; not with an image-level head).
+    (:mod:`~napari_mpf.engine.training.calibration`; not with an image-level head). A network that
+    comes calibrated keeps its correction when it continues (runs and previews alike): estimated
+    again after corrections of one kind, it ran away (membranes vanished in the loop benchmark).
     A network that has trained before continues at ``CONTINUE_LR`` times the default learning rate,
     and with ``anchor > 0`` its predictions on the unpainted pixels are kept near those it started the
     run with (that weight times their mean KL divergence added to the loss; in-memory images only):
@@ -158,6 +160,7 @@ class Trainer:
         self._segments: dict[int, np.ndarray] = {}
         self._preview_requested = False
         self._anchors: dict[int, np.ndarray] | None = None
+        self._kept_shift: np.ndarray | None = None  # the prior correction a calibrated network came with
         self.last_loss = float("nan")
 
     def request_preview(self) -> None:
@@ -172,7 +175,7 @@ class Trainer:
         else:
             probs = predict_proba(self.model, self.images[self.config.preview_index])
         if self._calibrates(self.model):
-            probs = shifted(probs, prior_shift([probs]))
+            probs = shifted(probs, self._kept_shift if self._kept_shift is not None else prior_shift([probs]))
         return probs
 
     def _calibrates(self, model: Model) -> bool:
@@ -180,8 +183,12 @@ class Trainer:
         return bool(self.config.calibrate) and model.image_head is None
 
     def _calibrate(self, model: Model) -> None:
-        """Correct ``model``'s class scores by the class priors of (up to 8 of) the training images."""
+        """Correct ``model``'s class scores by the correction it came with or else by the class priors
+        of (up to 8 of) the training images."""
         if not self._calibrates(model):
+            return
+        if self._kept_shift is not None:
+            shift_model(model, self._kept_shift)
             return
         n = len(self.dataset) if self.dataset is not None else len(self.images)
         picks = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int))
@@ -246,7 +253,8 @@ class Trainer:
         base_lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, n_pools)
         if cfg.lr is None and int(model.provenance.get("steps", 0)) > 0:
             base_lr *= CONTINUE_LR  # a trained network continues: fine-tune, don't start over
-        unshift_model(model)  # train the network itself; the prior correction is redone at the end
+        kept = unshift_model(model)  # train the network itself; the correction goes back on at the end
+        self._kept_shift = None if kept is None else np.asarray(kept, np.float64)
         self._anchors = None
         if cfg.anchor > 0 and int(model.provenance.get("steps", 0)) > 0 and self.dataset is None:
             self._anchors = {i: predict_proba(model, self.images[i]) for i in usable}  # the images trained on
