@@ -5,7 +5,7 @@ import pytest
 
 from napari_mpf.engine import Model, TrainConfig, Trainer, fit, predict_proba
 from napari_mpf.engine.network.heads import add_image_head
-from napari_mpf.engine.training.calibration import prior_shift, shift_model, shifted, unshift_model
+from napari_mpf.engine.training.calibration import images_key, prior_shift, shift_model, shifted, unshift_model
 from napari_mpf.engine.training.synthetic import two_texture_sample
 
 SPEC = "C3x3x4, MPF2x2, C3x3x4, FC8"
@@ -115,3 +115,19 @@ def test_a_continued_run_keeps_the_correction_the_network_came_with():
     np.testing.assert_allclose(shown[-1], predict_proba(more, image), atol=1e-5)
     # ... which is not what estimating it again would give after these corrections
     assert not np.allclose(prior_shift([predict_proba(more_plain, image)]), shift, atol=1e-3)
+
+
+def test_a_run_on_other_images_estimates_the_correction_again():
+    image, labels = _rare_class_sample()
+    calibrated = fit(Model.for_data([image], [labels], spec=SPEC, seed=0), [image], [labels],
+                     TrainConfig(steps=15, seed=1))
+    assert calibrated.provenance["prior_images"] == images_key([image[None]])  # the checked (C, H, W) image
+    other = two_texture_sample((64, 64), seed=5)
+    more = fit(calibrated, [other.image], [other.strokes], TrainConfig(steps=3, seed=2))
+    assert more.provenance["prior_images"] == images_key([other.image[None]])
+    plain = more.copy()
+    unshift_model(plain)
+    assert "prior_images" not in plain.provenance
+    np.testing.assert_allclose(more.provenance["prior_shift"], prior_shift([predict_proba(plain, other.image)]),
+                               rtol=1e-5)
+    assert images_key([image]) != images_key([image.copy().T]) != images_key([image, image])

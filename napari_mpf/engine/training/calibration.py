@@ -9,19 +9,21 @@ steps ran away to a single class in the loop benchmark), and :func:`shift_model`
 ``log(prior * K)`` to the class scores through the last layer's biases. The model file stays a
 plain network: an outside evaluator reads the corrected biases, and the shift itself is kept in
 ``provenance["prior_shift"]`` so that training can take it out before it continues, and put it back
-after: a continued run keeps the first estimate (estimated again after a round of corrections of
-one kind, it ran away: membranes vanished in the loop benchmark).
+after: a run that continues on the same images keeps the first estimate (estimated again after a
+round of corrections of one kind, it ran away: membranes vanished in the loop benchmark). Which
+images those were is kept as a fingerprint, :func:`images_key`, in ``provenance["prior_images"]``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 import numpy as np
 
 from ..network.model import Model
 
-__all__ = ["PRIOR_FLOOR", "prior_shift", "shift_model", "unshift_model", "shifted"]
+__all__ = ["PRIOR_FLOOR", "images_key", "prior_shift", "shift_model", "unshift_model", "shifted"]
 
 #: the smallest prior a class is given (a class never predicted still keeps a finite score)
 PRIOR_FLOOR = 1e-3
@@ -42,6 +44,16 @@ def prior_shift(probabilities: Iterable[np.ndarray]) -> np.ndarray:
     return np.log(prior / prior.sum() * prior.size)
 
 
+def images_key(images: Iterable[np.ndarray]) -> str:
+    """A fingerprint of images (their order, shapes, types and pixels)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for image in images:
+        a = np.ascontiguousarray(image)
+        digest.update(f"{a.shape}{a.dtype.str};".encode())
+        digest.update(a.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
 def shifted(probabilities: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """``(K, ...)`` probabilities with ``shift`` added to their log (renormalised), float32."""
     z = np.log(np.maximum(np.asarray(probabilities, np.float64), 1e-30))
@@ -55,17 +67,21 @@ def _last_bias(model: Model) -> np.ndarray:
     return model.biases[model.n_layer_params - 1]
 
 
-def shift_model(model: Model, shift: np.ndarray) -> None:
-    """Add ``shift`` to the class scores of ``model`` (in place) and remember it in its provenance."""
+def shift_model(model: Model, shift: np.ndarray, images: str | None = None) -> None:
+    """Add ``shift`` to the class scores of ``model`` (in place) and remember it in its provenance,
+    with the :func:`images_key` of the images it was estimated on if given."""
     bias = _last_bias(model)
     bias += np.asarray(shift, bias.dtype)
     model.provenance["prior_shift"] = [float(v) for v in shift]
+    if images is not None:
+        model.provenance["prior_images"] = images
 
 
 def unshift_model(model: Model) -> list[float] | None:
     """Take a shift made by :func:`shift_model` back out (in place) and return it (``None`` if
     there is none)."""
     shift = model.provenance.pop("prior_shift", None)
+    model.provenance.pop("prior_images", None)
     if shift is not None:
         bias = _last_bias(model)
         bias -= np.asarray(shift, bias.dtype)

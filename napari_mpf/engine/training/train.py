@@ -25,7 +25,7 @@ from ..network.mpf import Workspace
 from ..network.predict import normalise, predict_proba, staged_input
 from ..network.spec import check_network_size, parse_spec
 from ..network.superpixels import slic_superpixels
-from .calibration import prior_shift, shift_model, shifted, unshift_model
+from .calibration import images_key, prior_shift, shift_model, shifted, unshift_model
 from .loss import Batch, batch_loss, crop_box, make_batch
 from .optim import OPTIMIZERS, default_lr, make_optimizer
 
@@ -68,8 +68,9 @@ class TrainConfig:
     ``calibrate``: at the end of a run (or a stop) the class scores are corrected by the class
     priors the network sees on the training images, and previews by those of the preview image
     (:mod:`~napari_mpf.engine.training.calibration`; not with an image-level head). A network that
-    comes calibrated keeps its correction when it continues (runs and previews alike): estimated
-    again after corrections of one kind, it ran away (membranes vanished in the loop benchmark).
+    continues on the images it was calibrated on keeps its correction (runs and previews alike):
+    estimated again after corrections of one kind, it ran away (membranes vanished in the loop
+    benchmark).
     A network that has trained before continues at ``CONTINUE_LR`` times the default learning rate,
     and with ``anchor > 0`` its predictions on the unpainted pixels are kept near those it started the
     run with (that weight times their mean KL divergence added to the loss; in-memory images only):
@@ -160,7 +161,8 @@ class Trainer:
         self._segments: dict[int, np.ndarray] = {}
         self._preview_requested = False
         self._anchors: dict[int, np.ndarray] | None = None
-        self._kept_shift: np.ndarray | None = None  # the prior correction a calibrated network came with
+        self._kept_shift: np.ndarray | None = None  # the prior correction kept from the network's last run
+        self._kept_images: str | None = None  # the images_key of the images it was estimated on
         self.last_loss = float("nan")
 
     def request_preview(self) -> None:
@@ -182,18 +184,28 @@ class Trainer:
         """Calibration is on and possible (an image-level head reads the uncorrected class scores)."""
         return bool(self.config.calibrate) and model.image_head is None
 
+    def _calibration_images(self):
+        """Up to 8 of the training images, evenly spread (loaded one at a time)."""
+        n = len(self.dataset) if self.dataset is not None else len(self.images)
+        for i in np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int)):
+            yield self.dataset.pair(int(i))[0] if self.dataset is not None else self.images[int(i)]
+
+    def _keep_shift(self, model: Model, shift: list[float] | None, images: str | None) -> None:
+        """Keep the correction ``model`` came with if it was estimated on these training images."""
+        same = shift is not None and self._calibrates(model) and images == images_key(self._calibration_images())
+        self._kept_shift = np.asarray(shift, np.float64) if same else None
+        self._kept_images = images if same else None
+
     def _calibrate(self, model: Model) -> None:
-        """Correct ``model``'s class scores by the correction it came with or else by the class priors
-        of (up to 8 of) the training images."""
+        """Correct ``model``'s class scores by the kept correction or else by the class priors of (up
+        to 8 of) the training images."""
         if not self._calibrates(model):
             return
         if self._kept_shift is not None:
-            shift_model(model, self._kept_shift)
+            shift_model(model, self._kept_shift, self._kept_images)
             return
-        n = len(self.dataset) if self.dataset is not None else len(self.images)
-        picks = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int))
-        image = (lambda i: self.dataset.pair(i)[0]) if self.dataset is not None else self.images.__getitem__
-        shift_model(model, prior_shift(predict_proba(model, image(int(i))) for i in picks))
+        shift = prior_shift(predict_proba(model, image) for image in self._calibration_images())
+        shift_model(model, shift, images_key(self._calibration_images()))
 
     def run(self) -> Generator[Progress, None, Model]:
         cfg = self.config
@@ -253,8 +265,9 @@ class Trainer:
         base_lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, n_pools)
         if cfg.lr is None and int(model.provenance.get("steps", 0)) > 0:
             base_lr *= CONTINUE_LR  # a trained network continues: fine-tune, don't start over
-        kept = unshift_model(model)  # train the network itself; the correction goes back on at the end
-        self._kept_shift = None if kept is None else np.asarray(kept, np.float64)
+        images = model.provenance.get("prior_images")
+        # train the network itself; the prior correction goes back on at the end
+        self._keep_shift(model, unshift_model(model), images)
         self._anchors = None
         if cfg.anchor > 0 and int(model.provenance.get("steps", 0)) > 0 and self.dataset is None:
             self._anchors = {i: predict_proba(model, self.images[i]) for i in usable}  # the images trained on
