@@ -93,6 +93,12 @@ def test_trainer_streams_pairs_like_in_memory_training(folder):
     assert [p.loss for p in streamed.run()] == [p.loss for p in in_memory.run()]
     for a, b in zip(streamed.model.weights, in_memory.model.weights, strict=True):
         np.testing.assert_array_equal(a, b)
+    shift = streamed.model.provenance["prior_shift"]
+    assert shift == in_memory.model.provenance["prior_shift"]
+    # a run that continues on the same files keeps the correction, as in memory
+    again = Trainer(streamed.model, ds, None, TrainConfig(steps=2, seed=4))
+    list(again.run())
+    assert again.model.provenance["prior_shift"] == shift
 
 
 def test_label_suffixes():
