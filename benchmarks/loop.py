@@ -33,7 +33,8 @@ Row keys beyond the recipe's (``preset``, ``lr``, ``crop``…): ``live=N`` steps
 ``rsteps=X`` times the steps, ``calibrate=false``, ``tta=true`` (predictions averaged over the 8
 rotations and flips), ``fresh=true`` (a new network every round, trained for the first round's
 steps), ``ensemble=N`` (predictions averaged over the networks of the last N rounds), ``anchor=X`` (the
-weight of the anchor of continued runs, ``TrainConfig.anchor``).
+weight of the anchor of continued runs, ``TrainConfig.anchor``), ``superpixels=N`` (a new network gets a
+superpixel branch of superpixels of about N px).
 
 Writes a markdown report (``--out``, default ``benchmarks/LOOP.md``), the per-round records
 (``--json``) and a plot of error vs round and vs seconds (``--plot``; needs matplotlib).
@@ -57,6 +58,7 @@ import simulated_user as su  # noqa: E402
 
 from napari_mpf import recipe  # noqa: E402
 from napari_mpf.engine import Model, TrainConfig, Trainer, predict_proba  # noqa: E402
+from napari_mpf.engine.network.heads import add_superpixel_branch  # noqa: E402
 from napari_mpf.engine.post.objects import count_objects  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -67,7 +69,7 @@ RECIPE_KEYS = {"network": "preset", "filters": "filters", "activation": "activat
                "lr": "lr", "step_size": "crop", "balance": "balance", "seed": "seed"}
 OURS = dict({key: _DEFAULTS[name] for name, key in RECIPE_KEYS.items()}, spec=None,
             calibrate=TrainConfig.calibrate, rsteps=None, live=None, fresh=False, ensemble=1, tta=False,
-            anchor=TrainConfig.anchor)
+            anchor=TrainConfig.anchor, superpixels=None)
 
 
 @dataclass
@@ -144,6 +146,8 @@ class Ours:
             self.model = Model.for_data([image], [labels], spec=p.get("spec") or p["preset"],
                                         activation=p["activation"], seed=int(p["seed"]),
                                         class_names=list(self.class_names), filters=p.get("filters"))
+            if p.get("superpixels"):  # a superpixel branch of superpixels of about that many pixels
+                add_superpixel_branch(self.model, float(p["superpixels"]))
         scale = float(p.get("rsteps") or 1)  # this row trains that many times the round's steps or seconds
         later = int(p["live"]) if p.get("live") else self.steps  # a row's own live retraining steps
         first = self.rounds == 0 or p.get("fresh")

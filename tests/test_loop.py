@@ -134,3 +134,14 @@ def test_every_method_learns_from_the_strokes_of_the_one_that_places_them(monkey
     assert np.array_equal(seen[0][1], seen[3][1])
     with pytest.raises(ValueError, match="not one of the rows"):
         loop.run_task(_task(), methods, args, "error", "forest")
+
+
+def test_our_rows_keep_the_first_prior_correction_and_can_take_a_superpixel_branch():
+    task, rng = _task(), np.random.default_rng(0)
+    labels = su.first_strokes(task.truth, 3, rng)
+    ours = loop.Ours(dict(loop.OURS, superpixels=16), 2, task.class_names, SimpleNamespace(**_ARGS))
+    ours.learn(task.image, labels)
+    assert ours.model.superpixels is not None
+    shift = ours.model.provenance["prior_shift"]
+    ours.learn(task.image, su.correction_strokes(task.truth, labels, ours.proba(task.image), 2, rng))
+    assert ours.model.provenance["prior_shift"] == shift  # a continued round keeps the first correction
