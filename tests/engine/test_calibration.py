@@ -5,7 +5,13 @@ import pytest
 
 from napari_mpf.engine import Model, TrainConfig, Trainer, fit, predict_proba
 from napari_mpf.engine.network.heads import add_image_head
-from napari_mpf.engine.training.calibration import images_key, prior_shift, shift_model, shifted, unshift_model
+from napari_mpf.engine.training.calibration import (
+    images_key,
+    prior_shift,
+    shift_model,
+    shifted,
+    unshift_model,
+)
 from napari_mpf.engine.training.synthetic import two_texture_sample
 
 SPEC = "C3x3x4, MPF2x2, C3x3x4, FC8"
