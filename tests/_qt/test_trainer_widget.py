@@ -363,9 +363,11 @@ def test_progress_counts_the_steps_and_continuing_counts_on(viewer_widget, qtbot
     assert (w.progress.minimum(), w.progress.maximum(), w.progress.value()) == (0, 6, 0)
     train_and_wait(qtbot, w)
     assert w.loss_plot.steps == list(range(1, 7)) and w.progress.value() == 6
+    shift = w.controller.model.provenance["prior_shift"]
     w.steps_spin.setValue(3)
     train_and_wait(qtbot, w)  # continues from the current weights
     assert w.loss_plot.steps == list(range(1, 10))
+    assert w.controller.model.provenance["prior_shift"] == shift  # the same image: the correction is kept
     assert (w.progress.maximum(), w.progress.value()) == (9, 9)
     assert w.controller.model.provenance["steps"] == 9
     assert w.controller.model.provenance["recipe"]["steps"] == 3  # what the last run was asked for
