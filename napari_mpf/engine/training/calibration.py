@@ -11,19 +11,21 @@ plain network: an outside evaluator reads the corrected biases, and the shift it
 ``provenance["prior_shift"]`` so that training can take it out before it continues, and put it back
 after: a run that continues on the same images keeps the first estimate (estimated again after a
 round of corrections of one kind, it ran away: membranes vanished in the loop benchmark). Which
-images those were is kept as a fingerprint, :func:`images_key`, in ``provenance["prior_images"]``.
+images those were is kept as a fingerprint, :func:`images_key`, in ``provenance["prior_images"]``;
+:class:`PriorCorrection` does all this for a training run.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from ..network.model import Model
+from ..network.predict import predict_proba
 
-__all__ = ["PRIOR_FLOOR", "images_key", "prior_shift", "shift_model", "unshift_model", "shifted"]
+__all__ = ["PRIOR_FLOOR", "PriorCorrection", "images_key", "prior_shift", "shift_model", "unshift_model", "shifted"]
 
 #: the smallest prior a class is given (a class never predicted still keeps a finite score)
 PRIOR_FLOOR = 1e-3
@@ -44,13 +46,19 @@ def prior_shift(probabilities: Iterable[np.ndarray]) -> np.ndarray:
     return np.log(prior / prior.sum() * prior.size)
 
 
+def _hashed(digest, image: np.ndarray) -> np.ndarray:
+    """``image``, its shape, type and pixels added to ``digest`` on the way."""
+    a = np.ascontiguousarray(image)
+    digest.update(f"{a.shape}{a.dtype.str};".encode())
+    digest.update(a.reshape(-1).view(np.uint8))
+    return image
+
+
 def images_key(images: Iterable[np.ndarray]) -> str:
     """A fingerprint of images (their order, shapes, types and pixels)."""
     digest = hashlib.blake2b(digest_size=16)
     for image in images:
-        a = np.ascontiguousarray(image)
-        digest.update(f"{a.shape}{a.dtype.str};".encode())
-        digest.update(a.reshape(-1).view(np.uint8))
+        _hashed(digest, image)
     return digest.hexdigest()
 
 
@@ -86,3 +94,35 @@ def unshift_model(model: Model) -> list[float] | None:
         bias = _last_bias(model)
         bias -= np.asarray(shift, bias.dtype)
     return shift
+
+
+class PriorCorrection:
+    """The correction of one training run: taken out of the network before it trains, then put back
+    at the end, kept if it was estimated on the same images, else estimated again."""
+
+    def __init__(self) -> None:
+        self.shift: np.ndarray | None = None  # the kept correction (None: estimate it at the end)
+        self.images: str | None = None  # the images_key it was estimated on
+
+    def take_out(self, model: Model, images: Callable[[], Iterable[np.ndarray]], keep: bool = True) -> None:
+        """Take the correction out of ``model`` (in place); keep it if ``keep`` and it was estimated
+        on ``images()``."""
+        key = model.provenance.get("prior_images")
+        shift = unshift_model(model)
+        same = keep and shift is not None and key is not None and key == images_key(images())
+        self.shift = np.asarray(shift, np.float64) if same else None
+        self.images = key if same else None
+
+    def apply(self, probabilities: np.ndarray) -> np.ndarray:
+        """A preview's probabilities corrected: by the kept correction, else by their own priors."""
+        return shifted(probabilities, self.shift if self.shift is not None else prior_shift([probabilities]))
+
+    def put_back(self, model: Model, images: Callable[[], Iterable[np.ndarray]]) -> None:
+        """Correct ``model`` (in place) by the kept correction, else by the class priors it sees on
+        ``images()`` (each image loaded, predicted and fingerprinted once)."""
+        if self.shift is not None:
+            shift_model(model, self.shift, self.images)
+            return
+        digest = hashlib.blake2b(digest_size=16)
+        shift = prior_shift(predict_proba(model, _hashed(digest, image)) for image in images())
+        shift_model(model, shift, digest.hexdigest())

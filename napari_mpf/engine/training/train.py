@@ -25,7 +25,7 @@ from ..network.mpf import Workspace
 from ..network.predict import normalise, predict_proba, staged_input
 from ..network.spec import check_network_size, parse_spec
 from ..network.superpixels import slic_superpixels
-from .calibration import images_key, prior_shift, shift_model, shifted, unshift_model
+from .calibration import PriorCorrection
 from .loss import Batch, batch_loss, crop_box, make_batch
 from .optim import OPTIMIZERS, default_lr, make_optimizer
 
@@ -161,8 +161,7 @@ class Trainer:
         self._segments: dict[int, np.ndarray] = {}
         self._preview_requested = False
         self._anchors: dict[int, np.ndarray] | None = None
-        self._kept_shift: np.ndarray | None = None  # the prior correction kept from the network's last run
-        self._kept_images: str | None = None  # the images_key of the images it was estimated on
+        self._prior = PriorCorrection()  # of the run under way
         self.last_loss = float("nan")
 
     def request_preview(self) -> None:
@@ -177,7 +176,7 @@ class Trainer:
         else:
             probs = predict_proba(self.model, self.images[self.config.preview_index])
         if self._calibrates(self.model):
-            probs = shifted(probs, self._kept_shift if self._kept_shift is not None else prior_shift([probs]))
+            probs = self._prior.apply(probs)
         return probs
 
     def _calibrates(self, model: Model) -> bool:
@@ -190,22 +189,11 @@ class Trainer:
         for i in np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int)):
             yield self.dataset.pair(int(i))[0] if self.dataset is not None else self.images[int(i)]
 
-    def _keep_shift(self, model: Model, shift: list[float] | None, images: str | None) -> None:
-        """Keep the correction ``model`` came with if it was estimated on these training images."""
-        same = shift is not None and self._calibrates(model) and images == images_key(self._calibration_images())
-        self._kept_shift = np.asarray(shift, np.float64) if same else None
-        self._kept_images = images if same else None
-
     def _calibrate(self, model: Model) -> None:
         """Correct ``model``'s class scores by the kept correction or else by the class priors of (up
         to 8 of) the training images."""
-        if not self._calibrates(model):
-            return
-        if self._kept_shift is not None:
-            shift_model(model, self._kept_shift, self._kept_images)
-            return
-        shift = prior_shift(predict_proba(model, image) for image in self._calibration_images())
-        shift_model(model, shift, images_key(self._calibration_images()))
+        if self._calibrates(model):
+            self._prior.put_back(model, self._calibration_images)
 
     def run(self) -> Generator[Progress, None, Model]:
         cfg = self.config
@@ -265,9 +253,8 @@ class Trainer:
         base_lr = cfg.lr if cfg.lr is not None else default_lr(cfg.optimizer, n_pools)
         if cfg.lr is None and int(model.provenance.get("steps", 0)) > 0:
             base_lr *= CONTINUE_LR  # a trained network continues: fine-tune, don't start over
-        images = model.provenance.get("prior_images")
         # train the network itself; the prior correction goes back on at the end
-        self._keep_shift(model, unshift_model(model), images)
+        self._prior.take_out(model, self._calibration_images, keep=self._calibrates(model))
         self._anchors = None
         if cfg.anchor > 0 and int(model.provenance.get("steps", 0)) > 0 and self.dataset is None:
             self._anchors = {i: predict_proba(model, self.images[i]) for i in usable}  # the images trained on
