@@ -1,7 +1,9 @@
 """The annotate -> train -> correct loop as a person runs it, ours against the forest on the same strokes.
 
 A simulated user (``simulated_user.py``) paints round 1: ``--first-strokes`` short strokes per
-class (3 px wide, 12-24 px long) in the middle of each class's regions and along thin structures.
+class (3 px wide, 12-24 px long: ``--stroke-width``, ``--stroke-length``) in the middle of each
+class's regions and along thin structures; ``--first-strokes 20 5`` paints the background more
+(other painters than ours: what the figures become with strokes we did not tune on).
 Each later round adds ``--more-strokes`` strokes where the preview is most wrong (the largest wrong
 region first, painted with the true class there) or, with ``--place uncertain``, where it is least
 certain. The strokes correct one method's preview (``--placed-by``, default the first row, ours: the
@@ -28,6 +30,7 @@ magnetic tile and scores three defective and three defect-free tiles of other ac
     .venv/bin/python benchmarks/loop.py --place uncertain      # strokes where the model is unsure
     .venv/bin/python benchmarks/loop.py --placed-by ours rf    # strokes from our preview, then the forest's
     .venv/bin/python benchmarks/loop.py --methods ours rf 'wide:preset=wide,filters=none'
+    .venv/bin/python benchmarks/loop.py --first-strokes 20 5 --rounds 1   # a painter who favours background
 
 Row keys beyond the recipe's (``preset``, ``lr``, ``crop``…): ``live=N`` steps per later round,
 ``rsteps=X`` times the steps, ``calibrate=false``, ``tta=true`` (predictions averaged over the 8
@@ -250,11 +253,12 @@ def run_task(task: Task, methods: list[tuple[str, dict]], args, place: str, plac
     n_classes = int(task.truth.max())
     learners = {name: Forest(params) if params["kind"] == "rf" else Ours(params, n_classes, task.class_names, args)
                 for name, params in methods}
-    labels = su.first_strokes(task.truth, args.first_strokes, rng)
+    brush = su.Brush(tuple(args.stroke_length), int(args.stroke_width))
+    labels = su.first_strokes(task.truth, args.first_strokes, rng, brush=brush)
     records, probs = [], None
     for r in range(1, args.rounds + 1):
         if r > 1:
-            labels = su.correction_strokes(task.truth, labels, probs, args.more_strokes, rng, place)
+            labels = su.correction_strokes(task.truth, labels, probs, args.more_strokes, rng, place, brush)
         for name, learner in learners.items():
             t0 = time.perf_counter()
             info = learner.learn(task.image, labels)
@@ -319,9 +323,17 @@ def _whose(by: str) -> str:
     return {"each": "each method's own", "ours": "our network's", "rf": "the forest's"}.get(by, f"{by}'s")
 
 
+def _counts(first_strokes) -> str:
+    """Round 1's strokes per class, in words."""
+    if np.isscalar(first_strokes):
+        return str(first_strokes)
+    return " / ".join(str(n) for n in first_strokes)
+
+
 def report(summary: list[dict], args) -> str:
     lines = [ec.report_header("Loop benchmark: simulated user, ours vs the forest on the same strokes"),
-             f"- {args.runs} task(s) per data set; round 1: {args.first_strokes} strokes per class; "
+             f"- {args.runs} task(s) per data set; round 1: {_counts(args.first_strokes)} strokes per class "
+             f"({args.stroke_length[0]}-{args.stroke_length[1]} px long, {args.stroke_width} px wide); "
              f"rounds 2-{args.rounds}: {args.more_strokes} strokes each; training per round: "
              + (f"{args.round_seconds:g} s" if args.round_seconds else
                 f"{args.first_steps} steps in round 1 (Train), then {args.round_steps} (live retraining)") + "\n"]
@@ -434,7 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", type=Path, default=ec.SHARED_DATA)
     ap.add_argument("--runs", type=int, default=5, help="tasks (images and seeds) per data set")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--first-strokes", type=int, default=10, help="strokes per class in round 1")
+    ap.add_argument("--first-strokes", type=int, nargs="+", default=[10], metavar="N",
+                    help="strokes per class in round 1, or one count per class (background first): '20 5' "
+                         "paints the background four times as often")
+    ap.add_argument("--stroke-length", type=int, nargs=2, default=list(su.STROKE_LENGTH), metavar=("MIN", "MAX"),
+                    help="a stroke's length in pixels, drawn uniformly (default: %(default)s)")
+    ap.add_argument("--stroke-width", type=int, default=su.STROKE_WIDTH, help="the brush's width in pixels")
     ap.add_argument("--more-strokes", type=int, default=5, help="strokes added in each later round")
     ap.add_argument("--first-steps", type=int, default=_DEFAULTS["steps"],
                     help="our training steps in round 1 (default: Train's, %(default)s)")
@@ -459,6 +476,10 @@ def main(argv=None) -> list[dict]:
     args = build_parser().parse_args(argv)
     if args.round_seconds and args.round_seconds > 30:
         raise SystemExit("--round-seconds is at most 30: the loop is about seconds, not minutes")
+    if len(args.first_strokes) not in (1, 2) or min(args.first_strokes) < 1:
+        raise SystemExit("--first-strokes: one count for every class or one per class (2), each at least 1")
+    if not 1 <= args.stroke_length[0] <= args.stroke_length[1] or args.stroke_width < 1:
+        raise SystemExit("--stroke-length MIN MAX with 1 <= MIN <= MAX, and --stroke-width at least 1")
     variants = ec.parse_variants(args.methods, dict(OURS, seed=args.seed))
     tasks = []
     if "em" in args.datasets:

@@ -7,16 +7,28 @@ follow the engine (0 = unpainted, ``c`` = class ``c``). Nothing here changes its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage as ndi
 
 from napari_mpf.engine.post.uncertainty import uncertainty
 
-__all__ = ["first_strokes", "correction_strokes", "STROKE_LENGTH", "STROKE_WIDTH"]
+__all__ = ["Brush", "first_strokes", "correction_strokes", "STROKE_LENGTH", "STROKE_WIDTH"]
 
 #: a stroke's length in pixels (drawn uniformly) and width: what a person paints with a small brush
 STROKE_LENGTH = (12, 24)
 STROKE_WIDTH = 3
+
+
+@dataclass(frozen=True)
+class Brush:
+    """How the user paints: each stroke's length in pixels (drawn uniformly from ``length``) and width."""
+
+    length: tuple[int, int] = STROKE_LENGTH
+    width: int = STROKE_WIDTH
+
 _SPACING = 12  # a new stroke starts at least this far from the strokes of the same round
 _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
@@ -59,17 +71,17 @@ def _walk(start: tuple[int, int], allowed: np.ndarray, length: int, rng: np.rand
     return path
 
 
-def _paint(out: np.ndarray, path: list, cls: int, inside: np.ndarray) -> int:
-    """Paint ``path`` ``STROKE_WIDTH`` pixels wide with ``cls`` where ``inside`` and still unpainted."""
+def _paint(out: np.ndarray, path: list, cls: int, inside: np.ndarray, width: int) -> int:
+    """Paint ``path`` ``width`` pixels wide with ``cls`` where ``inside`` and still unpainted."""
     stroke = np.zeros(out.shape, bool)
     ys, xs = np.array(path).T
     stroke[ys, xs] = True
-    stroke = ndi.binary_dilation(stroke, np.ones((STROKE_WIDTH, STROKE_WIDTH), bool)) & inside & (out == 0)
+    stroke = ndi.binary_dilation(stroke, np.ones((width, width), bool)) & inside & (out == 0)
     out[stroke] = cls
     return int(stroke.sum())
 
 
-def _stroke_at(out, truth, region, rng, pick_best: bool, keep_out: np.ndarray | None) -> bool:
+def _stroke_at(out, truth, region, rng, pick_best: bool, keep_out: np.ndarray | None, brush: Brush) -> bool:
     """One stroke in the middle of ``region`` (pixels of one true class), painted with that class.
     ``pick_best``: start at the region's deepest pixel, else at a random pixel of its middle."""
     middle, dist = _middle(region)
@@ -84,7 +96,7 @@ def _stroke_at(out, truth, region, rng, pick_best: bool, keep_out: np.ndarray | 
     else:
         start = np.unravel_index(int(rng.choice(np.flatnonzero(middle))), region.shape)
     cls = int(truth[start])
-    length = int(rng.integers(STROKE_LENGTH[0], STROKE_LENGTH[1] + 1))
+    length = int(rng.integers(brush.length[0], brush.length[1] + 1))
     path = _walk((int(start[0]), int(start[1])), middle, length, rng)
     if len(path) < 4:
         path = _walk((int(start[0]), int(start[1])), region, length, rng)
@@ -92,7 +104,7 @@ def _stroke_at(out, truth, region, rng, pick_best: bool, keep_out: np.ndarray | 
     inside = truth == cls
     if dist.max() > 2:
         inside &= ndi.distance_transform_edt(inside) >= 1.5
-    return _paint(out, path, cls, inside) > 0
+    return _paint(out, path, cls, inside, brush.width) > 0
 
 
 def _away_from(labels: np.ndarray) -> np.ndarray:
@@ -102,22 +114,28 @@ def _away_from(labels: np.ndarray) -> np.ndarray:
     return ndi.distance_transform_edt(labels == 0) < _SPACING
 
 
-def first_strokes(truth: np.ndarray, per_class: int, rng: np.random.Generator,
-                  classes: list[int] | None = None) -> np.ndarray:
-    """Round 1: ``per_class`` short strokes per class, each in the middle of a region of its class
-    (spread over the image, a spacing apart)."""
+def first_strokes(truth: np.ndarray, per_class: int | Sequence[int], rng: np.random.Generator,
+                  classes: list[int] | None = None, brush: Brush = Brush()) -> np.ndarray:
+    """Round 1: ``per_class`` short strokes per class (or one count per class, in the order of
+    ``classes``: a user who paints one class more than the other), each in the middle of a region of
+    its class (spread over the image, a spacing apart)."""
     truth = np.asarray(truth)
+    classes = classes or [int(c) for c in np.unique(truth)]
+    counts = [int(per_class)] if np.isscalar(per_class) else [int(n) for n in per_class]
+    counts = counts * len(classes) if len(counts) == 1 else counts
+    if len(counts) != len(classes):
+        raise ValueError(f"{len(counts)} stroke counts for {len(classes)} classes")
     out = np.zeros(truth.shape, np.uint8)
-    for cls in classes or [int(c) for c in np.unique(truth)]:
+    for cls, count in zip(classes, counts, strict=True):
         region = truth == cls
-        for _ in range(per_class):
-            if not _stroke_at(out, truth, region, rng, pick_best=False, keep_out=_away_from(out)):
+        for _ in range(count):
+            if not _stroke_at(out, truth, region, rng, pick_best=False, keep_out=_away_from(out), brush=brush):
                 break
     return out
 
 
 def correction_strokes(truth: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, n: int,
-                       rng: np.random.Generator, place: str = "error") -> np.ndarray:
+                       rng: np.random.Generator, place: str = "error", brush: Brush = Brush()) -> np.ndarray:
     """Rounds 2...: ``labels`` plus ``n`` strokes, each in the largest region still unpainted where
     the preview is wrong (``place="error"``: what a user sees on the segmentation) or where it is
     least certain (``place="uncertain"``: the plugin's uncertainty above 0.5, what its layer shows),
@@ -142,6 +160,6 @@ def correction_strokes(truth: np.ndarray, labels: np.ndarray, probabilities: np.
         region = comps == (int(np.argmax(sizes)) + 1)
         # the true class holding most of the region, restricted to it
         cls = int(np.bincount(truth[region]).argmax())
-        if not _stroke_at(out, truth, region & (truth == cls), rng, pick_best=True, keep_out=None):
+        if not _stroke_at(out, truth, region & (truth == cls), rng, pick_best=True, keep_out=None, brush=brush):
             target &= ~region
     return out

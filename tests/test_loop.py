@@ -43,6 +43,26 @@ def test_first_strokes_stay_inside_their_class_and_are_short():
     assert not np.any((labels == 1) & near_membrane)
 
 
+def test_first_strokes_per_class_counts_and_brush():
+    truth = _membranes()
+    default = su.first_strokes(truth, 3, np.random.default_rng(0))
+    assert np.array_equal(su.first_strokes(truth, [3, 3], np.random.default_rng(0)), default)  # same strokes
+    uneven = su.first_strokes(truth, [6, 1], np.random.default_rng(0))
+    assert ndi.label(uneven == 1, np.ones((3, 3)))[1] == 6 and ndi.label(uneven == 2, np.ones((3, 3)))[1] == 1
+    wide = su.first_strokes(truth, 3, np.random.default_rng(0), brush=su.Brush((30, 40), 5))
+    assert np.all(wide[wide > 0] == truth[wide > 0])  # a wider, longer brush still stays inside its class
+    assert (wide == 1).sum() > (default == 1).sum()
+    with pytest.raises(ValueError, match="3 stroke counts for 2 classes"):
+        su.first_strokes(truth, [1, 2, 3], np.random.default_rng(0))
+
+
+def test_the_loop_refuses_bad_stroke_options():
+    for argv in (["--first-strokes", "1", "2", "3"], ["--first-strokes", "0"], ["--stroke-length", "9", "3"],
+                 ["--stroke-width", "0"]):
+        with pytest.raises(SystemExit, match="--"):
+            loop.main(argv)
+
+
 def test_correction_strokes_go_where_the_preview_is_wrong():
     truth = _membranes()
     rng = np.random.default_rng(1)
@@ -85,7 +105,8 @@ def _task():
                      [True, False])
 
 
-_ARGS = dict(first_strokes=3, more_strokes=2, rounds=2, round_seconds=None, first_steps=3, round_steps=2, seed=0)
+_ARGS = dict(first_strokes=[3], more_strokes=2, rounds=2, round_seconds=None, first_steps=3, round_steps=2, seed=0,
+             stroke_length=[12, 24], stroke_width=3)
 
 
 @pytest.mark.parametrize("kind", ["mpf", "rf"])
