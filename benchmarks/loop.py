@@ -323,16 +323,9 @@ def _whose(by: str) -> str:
     return {"each": "each method's own", "ours": "our network's", "rf": "the forest's"}.get(by, f"{by}'s")
 
 
-def _counts(first_strokes) -> str:
-    """Round 1's strokes per class, in words."""
-    if np.isscalar(first_strokes):
-        return str(first_strokes)
-    return " / ".join(str(n) for n in first_strokes)
-
-
 def report(summary: list[dict], args) -> str:
     lines = [ec.report_header("Loop benchmark: simulated user, ours vs the forest on the same strokes"),
-             f"- {args.runs} task(s) per data set; round 1: {_counts(args.first_strokes)} strokes per class "
+             f"- {args.runs} task(s) per data set; round 1: {' / '.join(map(str, args.first_strokes))} strokes per class "
              f"({args.stroke_length[0]}-{args.stroke_length[1]} px long, {args.stroke_width} px wide); "
              f"rounds 2-{args.rounds}: {args.more_strokes} strokes each; training per round: "
              + (f"{args.round_seconds:g} s" if args.round_seconds else

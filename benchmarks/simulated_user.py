@@ -20,6 +20,8 @@ __all__ = ["Brush", "first_strokes", "correction_strokes", "STROKE_LENGTH", "STR
 #: a stroke's length in pixels (drawn uniformly) and width: what a person paints with a small brush
 STROKE_LENGTH = (12, 24)
 STROKE_WIDTH = 3
+_SPACING = 12  # a new stroke starts at least this far from the strokes of the same round
+_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,6 @@ class Brush:
 
     length: tuple[int, int] = STROKE_LENGTH
     width: int = STROKE_WIDTH
-
-_SPACING = 12  # a new stroke starts at least this far from the strokes of the same round
-_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
 def _middle(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
