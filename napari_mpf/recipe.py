@@ -107,7 +107,8 @@ RECIPE: tuple[Choice, ...] = (
            help="random rotations and flips of each step's crop"),
     Choice("balance", bool, TrainConfig.balance,
            help="the papers' class-balanced loss (every painted class weighs the same) instead of the mean over "
-                "the painted pixels; it over-predicted the rarer class with few strokes (loop benchmark)"),
+                "the painted pixels, a class painted in fewer strokes weighted up; it over-predicted the rarer class "
+                "with few strokes (loop benchmark)"),
     Choice("step_size", int, TrainConfig.crop, minimum=16,
            help="each step trains on an N x N box around a painted pixel when the strokes spread wider; "
                 f"{TrainConfig.crop} covers every stroke of a {TrainConfig.crop}x{TrainConfig.crop} image in every step"),

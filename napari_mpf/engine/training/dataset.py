@@ -29,6 +29,7 @@ from ..io.volume import open_volume
 from ..lru import LRUCache
 from ..network.inputs import InputError, as_image, as_labels
 from ..network.model import Model, normalisation_from
+from .strokes import stroke_counts
 
 __all__ = ["PairDataset", "DatasetInfo", "model_for_dataset"]
 
@@ -43,6 +44,8 @@ class DatasetInfo:
     classes: list[int]
     painted: np.ndarray  # painted pixels per pair
     shapes: list[tuple[int, int]] = field(default_factory=list)
+    class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per class 1.., all pairs
+    class_strokes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (strokes.stroke_counts)
 
     @property
     def n_classes(self) -> int:
@@ -150,13 +153,14 @@ class PairDataset(Sequence):
 
     # ------------------------------------------------------------------ streaming statistics
     def scan(self) -> DatasetInfo:
-        """Read every pair once (one at a time): channels, classes, painted pixels; checks shapes."""
+        """Read every pair once (one at a time): channels, classes, painted pixels and strokes;
+        checks shapes."""
         if self._info is not None:
             return self._info
         channels = None
         present: set[int] = set()
         painted = np.zeros(len(self), np.int64)
-        shapes = []
+        shapes, counts = [], []  # counts: (pixels, strokes) per class of each pair
         for i in range(len(self)):
             image, labels = self._load(i)
             if channels is None:
@@ -167,7 +171,13 @@ class PairDataset(Sequence):
             present.update(int(v) for v in values if v > 0)
             painted[i] = np.count_nonzero(labels)
             shapes.append(labels.shape)
-        self._info = DatasetInfo(int(channels), sorted(present), painted, shapes)
+            counts.append(stroke_counts(labels, int(values.max(initial=0))))
+        n = max(present, default=0)
+        pixels, strokes = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        for p, s in counts:
+            pixels[: p.size] += p
+            strokes[: s.size] += s
+        self._info = DatasetInfo(int(channels), sorted(present), painted, shapes, pixels, strokes)
         return self._info
 
     def check(self, in_channels: int | None = None, n_classes: int | None = None) -> DatasetInfo:

@@ -21,12 +21,13 @@ __all__ = ["Batch", "anchor_term", "batch_loss", "crop_box", "labelled_box", "lo
 
 
 def masked_cross_entropy(
-    logits: np.ndarray, labels: np.ndarray, balance: bool = True
+    logits: np.ndarray, labels: np.ndarray, balance: bool = True, class_weights: np.ndarray | None = None
 ) -> tuple[float, np.ndarray]:
     """Loss and its gradient w.r.t. ``logits`` ``(K, H, W)``; ``labels`` ``(H, W)``, 0 = unpainted.
 
     ``balance``: every painted class weighs the same (mean over the classes present of the mean
-    loss of their pixels); otherwise the mean over all painted pixels.
+    loss of their pixels); otherwise the mean over all painted pixels, each pixel weighted by its
+    class's ``class_weights`` if given (:func:`~napari_mpf.engine.training.strokes.class_weights`).
     """
     n_classes = logits.shape[0]
     labels = np.ascontiguousarray(labels, dtype=np.int32)
@@ -39,6 +40,9 @@ def masked_cross_entropy(
     if balance:
         present = np.count_nonzero(counts)
         class_weight = np.where(counts > 0, 1.0 / (np.maximum(counts, 1) * present), 0.0)
+    elif class_weights is not None and (counts * class_weights).sum() > 0:
+        weights = np.asarray(class_weights, np.float64)
+        class_weight = weights / float((counts * weights).sum())
     else:
         class_weight = np.full(n_classes, 1.0 / painted)
     row_loss = np.empty(labels.shape[0])
@@ -107,6 +111,7 @@ class Batch:
     image_target: np.ndarray | None = None  # (K - 1,)
     anchor: np.ndarray | None = None  # (K, oh, ow) probabilities the unpainted pixels are kept near, NaN outside
     anchor_weight: float = 0.0
+    class_weights: np.ndarray | None = None  # (K,) weights of a painted pixel per class (strokes.class_weights)
 
 
 def make_batch(
@@ -219,7 +224,7 @@ def batch_loss(model: Model, batch: Batch, balance: bool = True, need_grad: bool
 
 def _dense_loss(logits: np.ndarray, batch: Batch, balance: bool) -> tuple[float, np.ndarray]:
     """The strokes' cross-entropy, plus the anchor term when the batch has one."""
-    loss, grad = masked_cross_entropy(logits, batch.labels, balance)
+    loss, grad = masked_cross_entropy(logits, batch.labels, balance, batch.class_weights)
     if batch.anchor is not None:
         extra, grad_anchor = anchor_term(logits, batch.labels, batch.anchor, batch.anchor_weight)
         loss, grad = loss + extra, grad + grad_anchor

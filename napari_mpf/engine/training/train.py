@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections import deque
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from ..network.superpixels import slic_superpixels
 from .calibration import PriorCorrection
 from .loss import Batch, batch_loss, crop_box, make_batch
 from .optim import OPTIMIZERS, default_lr, make_optimizer
+from .schedule import StepPlanner, cosine_schedule
+from .strokes import class_weights, weights_for_labels
 
 __all__ = ["CONTINUE_LR", "LIVE_STEPS", "TrainConfig", "Progress", "Trainer", "train", "fit"]
 
@@ -45,10 +46,12 @@ class TrainConfig:
 
     ``preview_every``: every that many steps (and at the last step) a :class:`Progress` carries the
     probabilities of image ``preview_index``; 0 = only on request.
-    ``balance``: ``False`` (the default): the mean over the painted pixels, so the painted amounts
-    set the classes' weights (with a few strokes on a small defect the class-balanced loss made
-    defects of half a tile; benchmarks/loop.py); ``True``: the papers' masked class-balanced loss,
-    which weighs the painted classes equally within each step.
+    ``balance``: ``False`` (the default): the mean over the painted pixels, a class painted in
+    fewer strokes than the others weighted up toward as many strokes per class, at most to equal
+    pixel shares (:mod:`.strokes`: one class painted in 4 times as many strokes hid or flooded the
+    other; with every class weighed the same, a few strokes on a small defect made defects of half a
+    tile; benchmarks/loop.py); ``True``: the papers' masked class-balanced loss, which weighs the
+    painted classes equally within each step.
     ``crop``: when the painted pixels spread over more than ``crop`` x ``crop`` pixels, each step
     trains on a random box of that size around a painted pixel (much faster steps on large images;
     ``None`` = always the whole box of painted pixels). The default, 512, puts every stroke of an
@@ -161,6 +164,7 @@ class Trainer:
         self._segments: dict[int, np.ndarray] = {}
         self._preview_requested = False
         self._anchors: dict[int, np.ndarray] | None = None
+        self._class_weights: np.ndarray | None = None  # of the run under way (strokes.class_weights)
         self._prior = PriorCorrection()  # of the run under way
         self.last_loss = float("nan")
 
@@ -178,6 +182,22 @@ class Trainer:
         if self._calibrates(self.model):
             probs = self._prior.apply(probs)
         return probs
+
+    def _stroke_weights(self, model: Model) -> np.ndarray:
+        """The classes' weights in the loss, from the strokes of all training images (:mod:`.strokes`),
+        kept in the provenance with the prior correction: a run that keeps it keeps them too (strokes
+        added as corrections, all of one class, would otherwise weigh that class down)."""
+        n_classes, kept = model.n_classes, model.provenance.get("class_weights")
+        if self._prior.shift is None or kept is None or len(kept) != n_classes:
+            model.provenance["class_weights"] = [float(w) for w in self._counted_weights(n_classes)]
+        return np.asarray(model.provenance["class_weights"], np.float64)
+
+    def _counted_weights(self, n_classes: int) -> np.ndarray:
+        if self.dataset is not None:
+            info = self.dataset.scan()  # checked: no class above n_classes
+            pad = (0, n_classes - info.class_pixels.size)
+            return class_weights(np.pad(info.class_pixels, pad), np.pad(info.class_strokes, pad))
+        return weights_for_labels(self.labels, n_classes)
 
     def _calibrates(self, model: Model) -> bool:
         """Calibration is on and possible (an image-level head reads the uncorrected class scores)."""
@@ -255,6 +275,7 @@ class Trainer:
             base_lr *= CONTINUE_LR  # a trained network continues: fine-tune, don't start over
         # train the network itself; the prior correction goes back on at the end
         self._prior.take_out(model, self._calibration_images, keep=self._calibrates(model))
+        self._class_weights = None if cfg.balance else self._stroke_weights(model)
         self._anchors = None
         if cfg.anchor > 0 and int(model.provenance.get("steps", 0)) > 0 and self.dataset is None:
             self._anchors = {i: predict_proba(model, self.images[i]) for i in usable}  # the images trained on
@@ -269,7 +290,7 @@ class Trainer:
             optimizer=cfg.optimizer, lr=base_lr, augment=cfg.augment, balance=cfg.balance, seed=cfg.seed,
             crop=cfg.crop, seconds=seconds, anchor=cfg.anchor,
         )
-        planner = _StepPlanner(int(steps), seconds)
+        planner = StepPlanner(int(steps), seconds)
         try:
             yield from self._steps(model, planner, step0, total, start, rng, xs if self.dataset is None else None,
                                    usable, first_stage, opt, theta, good, workspace, base_lr)
@@ -316,7 +337,8 @@ class Trainer:
             batch = make_batch(model, np.ascontiguousarray(x), lab, box,
                                None if segments is None else np.ascontiguousarray(segments), target,
                                anchor, cfg.anchor)
-            lr = base_lr * _schedule(step, planner.planned)
+            batch.class_weights = self._class_weights
+            lr = base_lr * cosine_schedule(step, planner.planned)
             loss = self._step(opt, theta, batch, lr, workspace)
             if math.isfinite(loss):
                 good[:] = theta
@@ -426,42 +448,6 @@ class _FirstStageCache:
             np.save(path, probabilities)
             self._saved.add(index)
         return model.stage_input(image, probabilities)
-
-
-class _StepPlanner:
-    """The planned number of steps: fixed, or fitted to a time budget counted from the end of the
-    first step (which may include Numba's compilation) from the recent step times."""
-
-    SKIP, WINDOW = 3, 50
-
-    def __init__(self, max_steps: int, seconds: float | None) -> None:
-        self.max_steps, self.seconds, self.start = max_steps, seconds, 0.0
-        self.planned = max_steps
-        self.stamps: deque[float] = deque(maxlen=self.WINDOW + 1)
-
-    def update(self, step: int) -> None:
-        if self.seconds is None:
-            return
-        now = time.perf_counter()
-        if step == 1:  # the clock starts once the kernels are compiled
-            self.start = now
-            return
-        left = self.seconds - (now - self.start)
-        if left <= 0:
-            self.planned = step
-            return
-        if step > self.SKIP:
-            self.stamps.append(now)
-        if len(self.stamps) > 3:
-            per_step = (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1)
-            self.planned = int(min(self.max_steps, max(step + 1, step + left / per_step)))
-
-
-def _schedule(step: int, steps: int) -> float:
-    """The cosine decay: 1 at the first step, 0.1 at the last."""
-    if steps <= 1:
-        return 1.0
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 1) / (steps - 1)))
 
 
 def _flatten(model: Model) -> tuple[np.ndarray, list[np.ndarray]]:
