@@ -9,6 +9,10 @@ because the defect is small. :func:`class_weights` sits between them: a class pa
 strokes than the others weighs more, toward as many strokes per class, but never more than equal
 pixel shares would give it (nor less than the plain mean). A stroke is an 8-connected piece of one
 class; fully painted label images (dense masks) have no strokes, and train on the plain mean.
+The trainer keeps a network's weights with its prior correction, so that corrections (often all of
+one class) count at the first run's weights instead of weighing their own class down.
+On a tiny defect several strokes merge into one piece, so the defect weighs more there too: more
+false defects in a first preview (benchmarks/README.md, "Other painters").
 """
 
 from __future__ import annotations
