@@ -100,20 +100,24 @@ def test_a_model_with_an_image_level_head_is_not_shifted():
     assert "prior_shift" not in trained.provenance
 
 
-def test_a_continued_run_keeps_the_correction_the_network_came_with():
+def test_a_continued_run_keeps_the_correction_the_network_came_with(monkeypatch):
     image, labels = _rare_class_sample()
     model = Model.for_data([image], [labels], spec=SPEC, seed=0)
     calibrated = fit(model, [image], [labels], TrainConfig(steps=15, seed=1))
     shift = list(calibrated.provenance["prior_shift"])
-    plain = calibrated.copy()
-    unshift_model(plain)
+    weights = list(calibrated.provenance["class_weights"])
     corrections = labels.copy()  # a round of corrections of one kind: class 1 painted all over
     corrections[::8, :] = np.where(labels[::8, :] == 0, 1, labels[::8, :])
-    more_plain = fit(plain, [image], [corrections], TrainConfig(steps=3, seed=2, calibrate=False))
-    trainer = Trainer(calibrated, [image], [corrections], TrainConfig(steps=3, seed=2, preview_every=1))
+    trainer = Trainer(calibrated.copy(), [image], [corrections], TrainConfig(steps=3, seed=2, preview_every=1))
     shown = [progress.probabilities for progress in trainer.run()]
     more = trainer.model
     assert more.provenance["prior_shift"] == shift  # kept, not estimated again
+    assert more.provenance["class_weights"] == weights  # and so are the strokes' class weights
+    # the same run of the network without its correction, at the kept class weights
+    plain = calibrated.copy()
+    unshift_model(plain)
+    monkeypatch.setattr(Trainer, "_counted_weights", lambda self, n_classes: np.asarray(weights))
+    more_plain = fit(plain, [image], [corrections], TrainConfig(steps=3, seed=2, calibrate=False))
     for a, b in zip(more_plain.weights, more.weights, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     np.testing.assert_allclose(more.biases[-1] - more_plain.biases[-1], np.float32(shift), atol=1e-5)
