@@ -97,13 +97,14 @@ def test_training_weighs_the_strokes_of_all_images_and_streams_the_same(tmp_path
     model = Model.for_data(images, labels, spec=SPEC, seed=1)
     in_memory = Trainer(model.copy(), images, labels, TrainConfig(steps=1))
     list(in_memory.run())
-    np.testing.assert_allclose(in_memory._class_weights, [8 / 12, 8 / 4])  # 12 and 4 strokes
+    weights = in_memory.model.provenance["class_weights"]
+    np.testing.assert_allclose(weights, [8 / 12, 8 / 4])  # 12 and 4 strokes
     streamed = Trainer(model.copy(), PairDataset.from_folder(tmp_path), None, TrainConfig(steps=1))
     list(streamed.run())
-    np.testing.assert_array_equal(streamed._class_weights, in_memory._class_weights)
-    papers = Trainer(model.copy(), images, labels, TrainConfig(steps=1, balance=True))
+    assert streamed.model.provenance["class_weights"] == weights
+    papers = Trainer(in_memory.model, images, labels, TrainConfig(steps=1, balance=True))
     list(papers.run())
-    assert papers._class_weights is None  # the papers' loss balances each step itself
+    assert "class_weights" not in papers.model.provenance  # the papers' loss balances each step itself
 
 
 def test_a_run_that_keeps_the_prior_correction_keeps_the_weights():
@@ -114,11 +115,8 @@ def test_a_run_that_keeps_the_prior_correction_keeps_the_weights():
     assert model.provenance["class_weights"] == pytest.approx([5 / 8, 5 / 2])
     corrected = lab.copy()
     corrected[20, 1:7] = corrected[22, 1:7] = 2  # two corrections of the foreground: 8 and 4 strokes
-    again = Trainer(model, [image], [corrected], TrainConfig(steps=2))
-    list(again.run())
-    np.testing.assert_allclose(again._class_weights, [5 / 8, 5 / 2])
+    list(Trainer(model, [image], [corrected], TrainConfig(steps=2)).run())
+    assert model.provenance["class_weights"] == pytest.approx([5 / 8, 5 / 2])
     other = two_texture_sample((36, 40), seed=5).image  # other images: counted again
-    elsewhere = Trainer(model, [other], [corrected], TrainConfig(steps=2))
-    list(elsewhere.run())
-    np.testing.assert_allclose(elsewhere._class_weights, [6 / 8, 6 / 4])
+    list(Trainer(model, [other], [corrected], TrainConfig(steps=2)).run())
     assert model.provenance["class_weights"] == pytest.approx([6 / 8, 6 / 4])
