@@ -160,7 +160,8 @@ class PairDataset(Sequence):
         channels = None
         present: set[int] = set()
         painted = np.zeros(len(self), np.int64)
-        shapes, counts = [], []  # counts: (pixels, strokes) per class of each pair
+        shapes = []
+        pixels, strokes = np.zeros(MAX_CLASSES, np.int64), np.zeros(MAX_CLASSES, np.int64)  # per class 1..
         for i in range(len(self)):
             image, labels = self._load(i)
             if channels is None:
@@ -171,13 +172,11 @@ class PairDataset(Sequence):
             present.update(int(v) for v in values if v > 0)
             painted[i] = np.count_nonzero(labels)
             shapes.append(labels.shape)
-            counts.append(stroke_counts(labels, int(values.max(initial=0))))
+            pair_pixels, pair_strokes = stroke_counts(labels, MAX_CLASSES)
+            pixels += pair_pixels
+            strokes += pair_strokes
         n = max(present, default=0)
-        pixels, strokes = np.zeros(n, np.int64), np.zeros(n, np.int64)
-        for p, s in counts:
-            pixels[: p.size] += p
-            strokes[: s.size] += s
-        self._info = DatasetInfo(int(channels), sorted(present), painted, shapes, pixels, strokes)
+        self._info = DatasetInfo(int(channels), sorted(present), painted, shapes, pixels[:n], strokes[:n])
         return self._info
 
     def check(self, in_channels: int | None = None, n_classes: int | None = None) -> DatasetInfo:

@@ -40,11 +40,9 @@ def masked_cross_entropy(
     if balance:
         present = np.count_nonzero(counts)
         class_weight = np.where(counts > 0, 1.0 / (np.maximum(counts, 1) * present), 0.0)
-    elif class_weights is not None and (counts * class_weights).sum() > 0:
-        weights = np.asarray(class_weights, np.float64)
-        class_weight = weights / float((counts * weights).sum())
     else:
-        class_weight = np.full(n_classes, 1.0 / painted)
+        weights = np.ones(n_classes) if class_weights is None else np.asarray(class_weights, np.float64)
+        class_weight = weights / float(counts @ weights)
     row_loss = np.empty(labels.shape[0])
     softmax_cross_entropy(np.ascontiguousarray(logits), labels, class_weight, grad, row_loss)
     return float(row_loss.sum()), grad

@@ -50,10 +50,8 @@ def class_weights(pixels: np.ndarray, strokes: np.ndarray) -> np.ndarray:
         return weights
     by_pixels = pixels[present].mean() / pixels[present]
     stroked = strokes[present]
-    if stroked.any():
-        by_strokes = np.where(stroked > 0, stroked[stroked > 0].mean() / np.maximum(stroked, 1), 1.0)
-    else:
-        by_strokes = np.ones(stroked.shape)
+    mean = stroked[stroked > 0].mean() if stroked.any() else 1.0
+    by_strokes = np.where(stroked > 0, mean / np.maximum(stroked, 1), 1.0)
     weights[present] = np.clip(by_strokes, np.minimum(1.0, by_pixels), np.maximum(1.0, by_pixels))
     return weights
 
