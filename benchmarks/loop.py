@@ -24,13 +24,17 @@ and defective other tiles.
 
 Tasks: ``em`` paints one ISBI 2012 slice and scores two others; ``tiles`` paints one defective
 magnetic tile and scores three defective and three defect-free tiles of other acquisition groups.
-``--runs`` tasks per data set, each with its own images and strokes (``--seed`` picks other ones).
+``--runs`` tasks per data set, each with its own images and strokes (``--seed`` picks other ones;
+several seeds give the tasks of each, reported together: ``--seed 0 1 2 3``, 20 tasks per data set).
+``--report-from`` writes the report and plot of records saved before (``--json``), for example of
+seeds run side by side, without running anything.
 
     .venv/bin/python benchmarks/loop.py                        # both data sets, ~10 min
     .venv/bin/python benchmarks/loop.py --place uncertain      # strokes where the model is unsure
     .venv/bin/python benchmarks/loop.py --placed-by ours rf    # strokes from our preview, then the forest's
     .venv/bin/python benchmarks/loop.py --methods ours rf 'wide:preset=wide,filters=none'
     .venv/bin/python benchmarks/loop.py --first-strokes 20 5 --rounds 1   # a painter who favours background
+    .venv/bin/python benchmarks/loop.py --report-from s1.json s2.json --json all.json  # runs merged
 
 Row keys beyond the recipe's (``preset``, ``lr``, ``crop``…): ``live=N`` steps per later round,
 ``rsteps=X`` times the steps, ``calibrate=false``, ``tta=true`` (predictions averaged over the 8
@@ -56,6 +60,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import eval_common as ec  # noqa: E402
+import loop_report as lr  # noqa: E402
 import numpy as np  # noqa: E402
 import simulated_user as su  # noqa: E402
 
@@ -86,6 +91,7 @@ class Task:
     others: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     others_defective: list[bool] = field(default_factory=list)
     class_names: tuple[str, ...] = ("background", "foreground")
+    seed: int = 0  # the --seed that chose the task; it seeds its strokes and our network
 
 
 def em_tasks(path: Path, runs: int, seed: int) -> list[Task]:
@@ -99,7 +105,7 @@ def em_tasks(path: Path, runs: int, seed: int) -> list[Task]:
         others = rng.choice(rest, size=2, replace=False)
         tasks.append(Task("em", f"slice {i}", images[i], labels[i].astype(np.uint8) + 1,
                           [(images[j], labels[j].astype(np.uint8) + 1) for j in others],
-                          [True, True], ("cell", "membrane")))
+                          [True, True], ("cell", "membrane"), seed))
     return tasks
 
 
@@ -123,7 +129,7 @@ def tile_tasks(path: Path, runs: int, seed: int) -> list[Task]:
         names = data["category_names"]
         tasks.append(Task("tiles", f"tile {i} ({names[cat[i]]})", image, truth,
                           [tile(j) for j in [*others_def, *others_free]], [True] * 3 + [False] * 3,
-                          ("background", "defect")))
+                          ("background", "defect"), seed))
     return tasks
 
 
@@ -249,7 +255,7 @@ def run_task(task: Task, methods: list[tuple[str, dict]], args, place: str, plac
     names = [name for name, _ in methods]
     if placed_by not in names:
         raise ValueError(f"the strokes are placed by {placed_by!r}, which is not one of the rows {names}")
-    rng = np.random.default_rng([int(args.seed), zlib.crc32(task.name.encode())])
+    rng = np.random.default_rng([int(task.seed), zlib.crc32(task.name.encode())])
     n_classes = int(task.truth.max())
     learners = {name: Forest(params) if params["kind"] == "rf" else Ours(params, n_classes, task.class_names, args)
                 for name, params in methods}
@@ -276,7 +282,7 @@ def _record(task: Task, method: str, learner, probs, labels, info: dict, seconds
     s = scores(probs, task.truth, labels == 0)
     predicted = [learner.proba(img) for img, _ in task.others]  # once each: scores and flags read them
     other = [scores(p, tru) for p, (_, tru) in zip(predicted, task.others, strict=True)]
-    rec = dict(dataset=task.dataset, task=task.name, method=method, place=place, placed_by=placed_by, round=r,
+    rec = dict(dataset=task.dataset, task=task.name, seed=task.seed, method=method, place=place, placed_by=placed_by, round=r,
                painted=int((labels > 0).sum()), seconds=seconds, **info, **s,
                other_error=float(np.mean([o["error"] for o in other])),
                other_trivial=float(np.mean([o["trivial"] for o in other])))
@@ -292,145 +298,6 @@ def _record(task: Task, method: str, learner, probs, labels, info: dict, seconds
           f"(trivial {s['trivial']:.3f}) share {s['pred_share']:.2f}/{s['true_share']:.2f} "
           f"{seconds:.1f}s {info['steps']} steps", flush=True)
     return rec
-
-
-# ----------------------------------------------------------------------------------------------
-# report
-
-
-def _mean(values) -> float:
-    """Mean of the finite values (NaN when there are none)."""
-    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
-def summarise(records: list[dict]) -> list[dict]:
-    """Means over tasks per (data set, method, placement, placed by, round)."""
-    fields = ("dataset", "method", "place", "placed_by", "round")
-    keys = sorted({tuple(r[f] for f in fields) for r in records}, key=lambda k: (k[0], k[2], k[3], k[1], k[4]))
-    out = []
-    for key in keys:
-        rows = [r for r in records if tuple(r[f] for f in fields) == key]
-        mean = {k: _mean([r.get(k) for r in rows]) for k in rows[0]
-                if isinstance(rows[0][k], (int, float)) and k != "round"}
-        mean.update(zip(fields, key, strict=True), n=len(rows))
-        out.append(mean)
-    return out
-
-
-def _whose(by: str) -> str:
-    """Whose preview placed the strokes, in words."""
-    return {"each": "each method's own", "ours": "our network's", "rf": "the forest's"}.get(by, f"{by}'s")
-
-
-def report(summary: list[dict], args) -> str:
-    lines = [ec.report_header("Loop benchmark: simulated user, ours vs the forest on the same strokes"),
-             f"- {args.runs} task(s) per data set; round 1: {' / '.join(map(str, args.first_strokes))} strokes per class "
-             f"({args.stroke_length[0]}-{args.stroke_length[1]} px long, {args.stroke_width} px wide); "
-             f"rounds 2-{args.rounds}: {args.more_strokes} strokes each; training per round: "
-             + (f"{args.round_seconds:g} s" if args.round_seconds else
-                f"{args.first_steps} steps in round 1 (Train), then {args.round_steps} (live retraining)") + "\n"]
-    for dataset in sorted({s["dataset"] for s in summary}):
-        for place, by in sorted({(s["place"], s["placed_by"]) for s in summary if s["dataset"] == dataset}):
-            rows = [s for s in summary if (s["dataset"], s["place"], s["placed_by"]) == (dataset, place, by)]
-            head = ["method", "round", "painted px", "error", "trivial", "other images", "other trivial",
-                    "pred / true share", "F1 fg", "s / round", "first preview s"]
-            if dataset == "tiles":
-                head += ["false flags", "missed flags"]
-            table = []
-            for s in rows:
-                row = [s["method"], s["round"], int(s["painted"]), s["error"], s["trivial"], s["other_error"],
-                       s["other_trivial"], f"{s['pred_share']:.2f} / {s['true_share']:.2f}",
-                       s.get(f"f1_{int(round(s.get('n_classes', 2)))}", s.get("f1_2")), s["seconds"],
-                       s.get("first_preview")]
-                if dataset == "tiles":
-                    row += [s.get("false_flags"), s.get("missed_flags")]
-                table.append(row)
-            whose = _whose(by)
-            lines += [f"### {dataset}, strokes placed where {whose} preview is "
-                      f"{'wrong' if place == 'error' else 'least certain'}",
-                      "", ec.markdown_table(head, table), ""]
-    return "\n".join(lines + ["### In short", "", *verdicts(summary), ""])
-
-
-def verdicts(summary: list[dict], ours: str = "ours", peer: str = "rf") -> list[str]:
-    """The issue's questions, answered from the means: round 1 against the trivial answer, later
-    rounds against the forest, and how many strokes the uncertainty-placed rounds need to reach the
-    error of the last error-placed round (for every choice of who placed the strokes)."""
-    out = []
-    for dataset in sorted({s["dataset"] for s in summary}):
-        for by in sorted({s["placed_by"] for s in summary if s["dataset"] == dataset}):
-            def row(method, place, r, dataset=dataset, by=by):
-                return next((s for s in summary if (s["dataset"], s["method"], s["place"], s["placed_by"], s["round"])
-                             == (dataset, method, place, by, r)), None)
-
-            whose = _whose(by) + " preview"
-            first = row(ours, "error", 1) or row(ours, "uncertain", 1)
-            if first is not None:
-                out.append(f"- {dataset}, round 1: ours {first['error']:.3f} on the painted image "
-                           f"({first['other_error']:.3f} on the others) against the trivial answer's "
-                           f"{first['trivial']:.3f} ({first['other_trivial']:.3f}); first preview "
-                           f"{first.get('first_preview', float('nan')):.2f} s after Train")
-            for place in ("error", "uncertain"):
-                later = [(row(ours, place, r), row(peer, place, r)) for r in range(2, 100)]
-                later = [(a, b) for a, b in later if a is not None and b is not None]
-                if later:
-                    wins = sum(a["error"] < b["error"] for a, b in later)
-                    where = "wrong" if place == "error" else "least certain"
-                    out.append(f"- {dataset}, strokes where {whose} is {where}, rounds 2-{later[-1][0]['round']}: "
-                               f"ours below the forest in {wins} of {len(later)} rounds on the painted image, "
-                               f"{sum(a['other_error'] < b['other_error'] for a, b in later)} on the others; "
-                               f"mean gap {np.mean([a['error'] - b['error'] for a, b in later]):+.3f} (painted), "
-                               f"{np.mean([a['other_error'] - b['other_error'] for a, b in later]):+.3f} (others)")
-            rounds = sorted(s["round"] for s in summary
-                            if (s["dataset"], s["method"], s["place"], s["placed_by"]) == (dataset, ours, "error", by))
-            unsure = sorted((s for s in summary if (s["dataset"], s["method"], s["place"], s["placed_by"])
-                             == (dataset, ours, "uncertain", by)), key=lambda s: s["round"])
-            if rounds and unsure:
-                goal = row(ours, "error", rounds[-1])
-                hit = next((s for s in unsure if s["error"] <= goal["error"]), None)
-                out.append(f"- {dataset}, strokes by {whose}: error-placed strokes reach {goal['error']:.3f} after "
-                           f"round {goal['round']} ({goal['painted']:.0f} px painted); uncertainty-placed strokes "
-                           + (f"reach it in round {hit['round']} ({hit['painted']:.0f} px)" if hit else
-                              f"do not within {len(unsure)} rounds (best {min(s['error'] for s in unsure):.3f})"))
-    return out
-
-
-def plot(summary: list[dict], path: Path) -> None:
-    """Error vs round and vs cumulative seconds, one panel pair per data set and per preview that
-    placed the strokes; a method keeps its colour and a placement its line style throughout."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = sorted({(s["dataset"], s["placed_by"]) for s in summary})
-    methods = sorted({s["method"] for s in summary})
-    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.4 * len(panels)), squeeze=False)
-    for row, (dataset, by) in zip(axes, panels, strict=True):
-        for place in ("error", "uncertain"):
-            for method in methods:
-                pts = [s for s in summary if (s["dataset"], s["method"], s["place"], s["placed_by"])
-                       == (dataset, method, place, by)]
-                if not pts:
-                    continue
-                label = method + ("" if place == "error" else " (least certain)")
-                style = dict(marker="o", color=f"C{methods.index(method)}", ls="-" if place == "error" else "--",
-                             label=label)
-                err = [s["error"] for s in pts]
-                row[0].plot([s["round"] for s in pts], err, **style)
-                row[1].plot(np.cumsum([s["seconds"] for s in pts]), err, **style)
-        trivial = [s["trivial"] for s in summary if s["dataset"] == dataset and s["round"] == 1]
-        for ax in row:
-            ax.axhline(float(np.mean(trivial)), color="grey", ls=":", label="trivial (round 1)")
-            ax.set_ylabel("pixel error, unpainted pixels")
-            ax.set_title(f"{dataset}, strokes on {_whose(by)} preview", fontsize=10)
-        row[0].set_xlabel("round")
-        row[1].set_xlabel("seconds since the first Train")
-        row[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -458,48 +325,71 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--placed-by", nargs="+", default=None, metavar="ROW|each",
                     help="whose preview places the correction strokes that every row learns from (default: the "
                          "first row, ours); 'each': every row corrects its own preview in its own session")
-    ap.add_argument("--seed", type=int, default=0, help="which tasks and strokes")
-    ap.add_argument("--out", type=Path, default=HERE / "LOOP.md", help="markdown report (overwritten)")
-    ap.add_argument("--json", type=Path, default=HERE / "loop_latest.json", help="per-round records")
-    ap.add_argument("--plot", type=Path, default=HERE / "loop.png")
+    ap.add_argument("--seed", type=int, nargs="+", default=[0],
+                    help="which tasks and strokes; several seeds: the tasks of each, reported together")
+    ap.add_argument("--report-from", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="run nothing: report the records of these files (written by --json) together")
+    ap.add_argument("--out", type=Path, default=HERE / "LOOP.md", help="markdown report (overwritten; '' for none)")
+    ap.add_argument("--json", type=Path, default=HERE / "loop_latest.json",
+                    help="per-round records (overwritten; '' for none)")
+    ap.add_argument("--plot", type=Path, default=HERE / "loop.png", help="the plot ('' for none)")
     return ap
 
 
-def main(argv=None) -> list[dict]:
-    args = build_parser().parse_args(argv)
+def setup(args) -> str:
+    """The simulated painter and training of a run, in words (kept with every record)."""
+    return (f"round 1: {' / '.join(map(str, args.first_strokes))} strokes per class "
+            f"({args.stroke_length[0]}-{args.stroke_length[1]} px long, {args.stroke_width} px wide); "
+            f"rounds 2-{args.rounds}: {args.more_strokes} strokes each; training per round: "
+            + (f"{args.round_seconds:g} s" if args.round_seconds else
+               f"{args.first_steps} steps in round 1 (Train), then {args.round_steps} (live retraining)"))
+
+
+def run(args) -> list[dict]:
+    """The records of every task of every seed, method, placement and placing preview."""
     if args.round_seconds and args.round_seconds > 30:
         raise SystemExit("--round-seconds is at most 30: the loop is about seconds, not minutes")
     if len(args.first_strokes) not in (1, 2) or min(args.first_strokes) < 1:
         raise SystemExit("--first-strokes: one count for every class or one per class (2), each at least 1")
     if not 1 <= args.stroke_length[0] <= args.stroke_length[1] or args.stroke_width < 1:
         raise SystemExit("--stroke-length MIN MAX with 1 <= MIN <= MAX, and --stroke-width at least 1")
-    variants = ec.parse_variants(args.methods, dict(OURS, seed=args.seed))
-    tasks = []
-    if "em" in args.datasets:
-        tasks += em_tasks(args.data / "isbi2012_train.npz", args.runs, args.seed)
-    if "tiles" in args.datasets:
-        tasks += tile_tasks(args.data / "magnetic_tile_train.npz", args.runs, args.seed)
-    places = ["error", "uncertain"] if args.place == "both" else [args.place]
-    records = []
-    methods = [(v.name, dict(v.params, kind=v.kind)) for v in variants]
-    names = [name for name, _ in methods]
+    names = [v.name for v in ec.parse_variants(args.methods, OURS)]
     placed_by = args.placed_by or [names[0]]
     unknown = [by for by in placed_by if by != "each" and by not in names]
     if unknown:
         raise SystemExit(f"--placed-by {' '.join(unknown)}: not one of the rows ({', '.join(names)}) or 'each'")
-    for task in tasks:
-        for by in placed_by:
-            for place in places:
-                records += run_task(task, methods, args, place, by)
-    summary = summarise(records)
-    text = report(summary, args)
+    places = ["error", "uncertain"] if args.place == "both" else [args.place]
+    records = []
+    for seed in args.seed:
+        variants = ec.parse_variants(args.methods, dict(OURS, seed=seed))  # our network's seed: the tasks'
+        methods = [(v.name, dict(v.params, kind=v.kind)) for v in variants]
+        tasks = []
+        if "em" in args.datasets:
+            tasks += em_tasks(args.data / "isbi2012_train.npz", args.runs, seed)
+        if "tiles" in args.datasets:
+            tasks += tile_tasks(args.data / "magnetic_tile_train.npz", args.runs, seed)
+        for task in tasks:
+            for by in placed_by:
+                for place in places:
+                    records += run_task(task, methods, args, place, by)
+    for rec in records:
+        rec["setup"] = setup(args)
+    return records
+
+
+def main(argv=None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    records = lr.read_records(args.report_from) if args.report_from else run(args)
+    summary = lr.summarise(records)
+    text = lr.report(summary, sorted({rec.get("setup", "(settings not recorded)") for rec in records}),
+                  sorted({int(rec.get("seed", 0)) for rec in records}))
     print(text)
-    if args.out:
+    if args.out and args.out.name:  # '' writes nothing
         args.out.write_text(text + "\n", encoding="utf-8")
-    if args.json:
+    if args.json and args.json.name:
         args.json.write_text(json.dumps(records, indent=1), encoding="utf-8")
-    if args.plot:
-        plot(summary, args.plot)
+    if args.plot and args.plot.name:
+        lr.plot(summary, args.plot)
     return records
 
 

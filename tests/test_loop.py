@@ -1,6 +1,8 @@
 """The loop benchmark (benchmarks/loop.py, simulated_user.py): the simulated user's strokes and one
 short session end to end on tiny synthetic data (never on ../shared)."""
 
+import dataclasses
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +14,7 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import loop  # noqa: E402
+import loop_report  # noqa: E402
 import simulated_user as su  # noqa: E402
 
 from napari_mpf.engine.training.synthetic import two_texture_sample  # noqa: E402
@@ -122,11 +125,12 @@ def test_a_short_session_runs_every_round(kind, tmp_path):
         assert r["placed_by"] == kind
     if kind == "mpf":
         assert [r["steps"] for r in records] == [3, 2] and records[0]["first_preview"] > 0
-    summary = loop.summarise(records + records)
+    summary = loop_report.summarise(records + records)
     assert [s["n"] for s in summary] == [2, 2]
-    loop.plot(summary, tmp_path / "loop.png")
+    loop_report.plot(summary, tmp_path / "loop.png")
     assert (tmp_path / "loop.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| " + kind + " | 1 |" in loop.report(summary, SimpleNamespace(**_ARGS, runs=1))
+    text = loop_report.report(summary, [loop.setup(SimpleNamespace(**_ARGS))], [0])
+    assert "| " + kind + " | 1 |" in text and "tasks per data set (means over them): tiles 2; seed(s) 0" in text
 
 
 def test_every_method_learns_from_the_strokes_of_the_one_that_places_them(monkeypatch):
@@ -166,3 +170,31 @@ def test_our_rows_keep_the_first_prior_correction_and_can_take_a_superpixel_bran
     shift = ours.model.provenance["prior_shift"]
     ours.learn(task.image, su.correction_strokes(task.truth, labels, ours.proba(task.image), 2, rng))
     assert ours.model.provenance["prior_shift"] == shift  # a continued round keeps the first correction
+
+
+def test_runs_made_apart_are_reported_together(tmp_path):
+    """--report-from: records of several runs (here two seeds) in one report, nothing run again."""
+    args = SimpleNamespace(**_ARGS)
+    methods = [("rf", dict(loop.ec.RF_DEFAULTS, kind="rf"))]
+    runs = [loop.run_task(dataclasses.replace(_task(), seed=seed), methods, args, "error", "rf") for seed in (0, 1)]
+    assert runs[0][0]["seed"] == 0 and runs[1][0]["seed"] == 1
+    assert runs[0][0]["painted"] != runs[1][0]["painted"]  # the seed draws other strokes
+    files = []
+    for k, records in enumerate(runs):
+        for rec in records:
+            rec["setup"] = loop.setup(args)
+        files.append(tmp_path / f"seed{k}.json")
+        files[-1].write_text(json.dumps(records))
+    out, merged = tmp_path / "LOOP.md", tmp_path / "all.json"
+    loop.main(["--report-from", *map(str, files), "--out", str(out), "--json", str(merged), "--plot", ""])
+    text = out.read_text()
+    assert "tiles 2; seed(s) 0, 1" in text and loop.setup(args) in text
+    assert len(json.loads(merged.read_text())) == 4
+    assert not list(tmp_path.glob("*.png"))  # --plot '' draws nothing
+    for bad, message in (("[]", "no records"), ("{", "not a records file"), ('{"a": 1}', "not a records file")):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(SystemExit, match=message):
+            loop.main(["--report-from", str(tmp_path / "bad.json"), "--out", "", "--json", "", "--plot", ""])
+    with pytest.raises(SystemExit, match="not a records file"):
+        loop.main(["--report-from", str(tmp_path / "missing.json")])
+    assert out.read_text() == text  # nothing written when a command fails
