@@ -27,6 +27,11 @@ def read_records(paths: list[Path]) -> list[dict]:
         records += part
     if not records:
         raise SystemExit(f"--report-from {' '.join(map(str, paths))}: no records in the file(s)")
+    fields = ("dataset", "task", "seed", "method", "place", "placed_by", "round", "setup")
+    keys = [tuple(r.get(f) for f in fields) for r in records]
+    if len(set(keys)) < len(keys):
+        raise SystemExit(f"--report-from {' '.join(map(str, paths))}: the same task's round is in the files twice "
+                         "(a run given twice?); each would count as a task of its own")
     return records
 
 

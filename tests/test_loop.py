@@ -197,4 +197,6 @@ def test_runs_made_apart_are_reported_together(tmp_path):
             loop.main(["--report-from", str(tmp_path / "bad.json"), "--out", "", "--json", "", "--plot", ""])
     with pytest.raises(SystemExit, match="not a records file"):
         loop.main(["--report-from", str(tmp_path / "missing.json")])
+    with pytest.raises(SystemExit, match="twice"):
+        loop.main(["--report-from", str(files[0]), str(files[0])])
     assert out.read_text() == text  # nothing written when a command fails
