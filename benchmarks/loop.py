@@ -387,7 +387,9 @@ def main(argv=None) -> list[dict]:
     if args.out and args.out.name:  # '' writes nothing
         args.out.write_text(text + "\n", encoding="utf-8")
     if args.json and args.json.name:
-        args.json.write_text(json.dumps(records, indent=1), encoding="utf-8")
+        lines = (json.dumps({k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in rec.items()})
+                 for rec in records)  # a record a line, 6 significant digits
+        args.json.write_text("[\n" + ",\n".join(lines) + "\n]\n", encoding="utf-8")
     if args.plot and args.plot.name:
         lr.plot(summary, args.plot)
     return records
