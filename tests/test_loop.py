@@ -172,8 +172,9 @@ def test_our_rows_keep_the_first_prior_correction_and_can_take_a_superpixel_bran
     assert ours.model.provenance["prior_shift"] == shift  # a continued round keeps the first correction
 
 
-def test_runs_made_apart_are_reported_together(tmp_path):
+def test_runs_made_apart_are_reported_together(tmp_path, monkeypatch):
     """--report-from: records of several runs (here two seeds) in one report, nothing run again."""
+    monkeypatch.chdir(tmp_path)  # where a stray file from an empty output path would land
     args = SimpleNamespace(**_ARGS)
     methods = [("rf", dict(loop.ec.RF_DEFAULTS, kind="rf"))]
     runs = [loop.run_task(dataclasses.replace(_task(), seed=seed), methods, args, "error", "rf") for seed in (0, 1)]
@@ -190,13 +191,14 @@ def test_runs_made_apart_are_reported_together(tmp_path):
     text = out.read_text()
     assert "tiles 2; seed(s) 0, 1" in text and loop.setup(args) in text
     assert len(json.loads(merged.read_text())) == 4
-    assert not list(tmp_path.glob("*.png"))  # --plot '' draws nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LOOP.md", "all.json", "seed0.json", "seed1.json"]
     for bad, message in (("[]", "no records"), ("{", "not a records file"), ('{"a": 1}', "not a records file")):
         (tmp_path / "bad.json").write_text(bad)
         with pytest.raises(SystemExit, match=message):
             loop.main(["--report-from", str(tmp_path / "bad.json"), "--out", "", "--json", "", "--plot", ""])
+    none = ["--out", "", "--json", "", "--plot", ""]
     with pytest.raises(SystemExit, match="not a records file"):
-        loop.main(["--report-from", str(tmp_path / "missing.json")])
+        loop.main(["--report-from", str(tmp_path / "missing.json"), *none])
     with pytest.raises(SystemExit, match="twice"):
-        loop.main(["--report-from", str(files[0]), str(files[0])])
+        loop.main(["--report-from", str(files[0]), str(files[0]), *none])
     assert out.read_text() == text  # nothing written when a command fails
