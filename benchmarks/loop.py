@@ -372,8 +372,9 @@ def run(args) -> list[dict]:
             for by in placed_by:
                 for place in places:
                     records += run_task(task, methods, args, place, by)
+    settings = setup(args)
     for rec in records:
-        rec["setup"] = setup(args)
+        rec["setup"] = settings
     return records
 
 

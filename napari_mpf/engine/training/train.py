@@ -275,9 +275,11 @@ class Trainer:
             base_lr *= CONTINUE_LR  # a trained network continues: fine-tune, don't start over
         # train the network itself; the prior correction goes back on at the end
         self._prior.take_out(model, self._calibration_images, keep=self._calibrates(model))
-        self._class_weights = None if cfg.balance else self._stroke_weights(model)
         if cfg.balance:  # the papers' loss weighs the classes itself
+            self._class_weights = None
             model.provenance.pop("class_weights", None)
+        else:
+            self._class_weights = self._stroke_weights(model)
         self._anchors = None
         if cfg.anchor > 0 and int(model.provenance.get("steps", 0)) > 0 and self.dataset is None:
             self._anchors = {i: predict_proba(model, self.images[i]) for i in usable}  # the images trained on
