@@ -18,7 +18,8 @@ busy machine comparable, ``--round-seconds`` gives a time per round instead), th
 Scores after every round: pixel error of the segmentation (arg-max) on the unpainted pixels of the
 painted image and on other images of the set, the trivial answer's error (every pixel the most
 common class), F1 per class, predicted vs true share of the foreground class, the seconds of the
-round and, in round 1, the seconds from Train to the first preview. On the defect tiles also the
+round and, in round 1, the seconds from Train to the first preview; the records also keep the share
+of painted pixels the preview still gets wrong (``unlearned``, the widget's hint). On the defect tiles also the
 "defect present" flag (an object of >= 10 px at p >= 0.5, the widget's defaults) on defect-free
 and defective other tiles.
 
@@ -68,6 +69,7 @@ from napari_mpf import recipe  # noqa: E402
 from napari_mpf.engine import Model, TrainConfig, Trainer, predict_proba  # noqa: E402
 from napari_mpf.engine.network.heads import add_superpixel_branch  # noqa: E402
 from napari_mpf.engine.post.objects import count_objects  # noqa: E402
+from napari_mpf.engine.post.uncertainty import unlearned_share  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: our method's settings, the engine's defaults; every key can be overridden per row (``name:key=value,...``)
@@ -283,7 +285,8 @@ def _record(task: Task, method: str, learner, probs, labels, info: dict, seconds
     predicted = [learner.proba(img) for img, _ in task.others]  # once each: scores and flags read them
     other = [scores(p, tru) for p, (_, tru) in zip(predicted, task.others, strict=True)]
     rec = dict(dataset=task.dataset, task=task.name, seed=task.seed, method=method, place=place, placed_by=placed_by, round=r,
-               painted=int((labels > 0).sum()), seconds=seconds, **info, **s,
+               painted=int((labels > 0).sum()), unlearned=unlearned_share(probs, labels), seconds=seconds,
+               **info, **s,
                other_error=float(np.mean([o["error"] for o in other])),
                other_trivial=float(np.mean([o["trivial"] for o in other])))
     if r == 1 and isinstance(learner, Ours):

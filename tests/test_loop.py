@@ -121,6 +121,7 @@ def test_a_short_session_runs_every_round(kind, tmp_path):
     assert records[1]["painted"] > records[0]["painted"] > 0
     for r in records:
         assert 0 <= r["error"] <= 1 and 0 <= r["other_error"] <= 1
+        assert 0 <= r["unlearned"] <= 1  # painted pixels the preview gets wrong (the widget's hint)
         assert r["false_flags"] in (0.0, 1.0)
         assert r["placed_by"] == kind
     if kind == "mpf":

@@ -165,7 +165,9 @@ class TrainerForm:
         self.hint_label.setWordWrap(True)
         self.hint_label.setToolTip(
             "Where the model is least sure (the two most likely classes closest). Show the "
-            "'<image> uncertainty' layer to see all such places; strokes there teach the model most."
+            "'<image> uncertainty' layer to see all such places; strokes there teach the model most. "
+            "Painted pixels the preview still disagrees with lie where the network does not (yet) "
+            "tell the classes apart."
         )
         form.addRow(self.hint_label)
         self.live_check = QCheckBox("live: retrain after I paint")

@@ -19,6 +19,7 @@ from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
 from .._layer_style import class_colormap, class_names_from_features
+from ..engine.post.uncertainty import unlearned_share
 from ..engine.training.warmup import prepare
 from .controller import Controller, TrainingSet, TrainSettings, UserError
 from .form import SMALL_SPEC, TrainerForm
@@ -355,15 +356,18 @@ class TrainerWidget(TrainerForm, ModelJobs, QWidget):
         return data if data.shape == self.controller.image_info(image_layer).shape else None
 
     def _show_hint(self, image_layer, z: int | None, proba, painted) -> None:
-        """Update the uncertainty layer and the line saying where the model is least certain."""
+        """Update the uncertainty layer and the line saying where the model is least certain and
+        how much of the painted pixels the preview still gets wrong."""
         where = self.controller.show_uncertainty(image_layer, z, proba, painted)
         if where is None:
             self.hint_label.setText("")
             return
         slice_text = "" if z is None else f" of slice {z}"
+        missed = None if painted is None else unlearned_share(proba, painted)
+        missed_text = "" if missed is None else f" The preview still disagrees with {missed:.0%} of the painted pixels."
         self.hint_label.setText(
             f"Least certain: around row {where.y}, column {where.x}{slice_text} "
-            f"({where.unsure_share:.0%} of the image unsure). Strokes there help most."
+            f"({where.unsure_share:.0%} of the image unsure). Strokes there help most.{missed_text}"
         )
         self.last_hint = where
 

@@ -303,6 +303,9 @@ def test_uncertainty_layer_and_least_certain_line_follow_the_preview(viewer_widg
     assert hint is not None and f"row {hint.y}, column {hint.x}" in w.hint_label.text()
     strokes = viewer.layers["EM membranes labels"].data
     assert strokes[hint.y, hint.x] == 0  # never points at a stroke already painted
+    painted = strokes > 0
+    wrong = np.mean(np.where(prob[painted] > 0.5, 2, 1) != strokes[painted])  # the line says how many
+    assert f"disagrees with {wrong:.0%} of the painted pixels" in w.hint_label.text()
 
 
 def test_warm_up_on_open_then_train_pressed_early_starts_when_ready(make_napari_viewer, qtbot, notes, monkeypatch):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_mpf.engine.post.uncertainty import least_certain, uncertainty
+from napari_mpf.engine.post.uncertainty import least_certain, uncertainty, unlearned_share
 
 
 def test_uncertainty_is_one_minus_the_margin_and_finds_the_unsure_region():
@@ -20,3 +20,18 @@ def test_uncertainty_is_one_minus_the_margin_and_finds_the_unsure_region():
     assert least_certain(p, size=5, painted=painted).value < 1.0
     with pytest.raises(ValueError, match="2 classes"):
         uncertainty(p[:1])
+
+
+def test_unlearned_share_counts_painted_pixels_the_preview_gets_wrong():
+    p = np.zeros((2, 10, 10), np.float32)
+    p[0] = 0.8
+    p[1] = 0.2  # class 1 everywhere...
+    p[:, :, 5:] = p[::-1, :, 5:]  # ...but class 2 on the right half
+    labels = np.zeros((10, 10), np.uint8)
+    assert unlearned_share(p, labels) is None  # nothing painted
+    labels[0, :] = 1  # 5 right, 5 wrong
+    labels[9, 5:] = 2  # 5 right
+    labels[5, 0] = 3  # no class of the model: left out
+    assert unlearned_share(p, labels) == pytest.approx(5 / 15)
+    with pytest.raises(ValueError, match="labels"):
+        unlearned_share(p, labels[:, :5])
