@@ -49,8 +49,8 @@ def least_certain(probabilities: np.ndarray, size: int = 15, painted: np.ndarray
 def unlearned_share(probabilities: np.ndarray, labels: np.ndarray) -> float | None:
     """The share of painted pixels (``labels`` ``(H, W)``: 0 unpainted, k = class k - 1; labels above
     ``K`` are left out) whose most likely class in ``(K, H, W)`` ``probabilities`` is not the painted
-    one; ``None`` if nothing is painted. After a few rounds of corrections the default network leaves
-    a quarter to a third of them (benchmarks/README.md)."""
+    one; ``None`` if nothing is painted. After four rounds of corrections the default network leaves
+    about a third of them (benchmarks/README.md)."""
     lab = np.asarray(labels)
     p = np.asarray(probabilities)
     if p.ndim != 3 or lab.shape != p.shape[1:]:
