@@ -50,7 +50,7 @@ def unlearned_share(probabilities: np.ndarray, labels: np.ndarray) -> float | No
     """The share of painted pixels (``labels`` ``(H, W)``: 0 unpainted, k = class k - 1; labels above
     ``K`` are left out) whose most likely class in ``(K, H, W)`` ``probabilities`` is not the painted
     one; ``None`` if nothing is painted. After four rounds of corrections the default network leaves
-    about a third of them (benchmarks/README.md)."""
+    a sixth to a third of them (benchmarks/README.md)."""
     lab = np.asarray(labels)
     p = np.asarray(probabilities)
     if p.ndim != 3 or lab.shape != p.shape[1:]:
