@@ -80,3 +80,33 @@ def test_a_continued_run_stays_nearer_its_start_and_a_first_run_ignores_the_anch
 def test_a_bad_anchor_weight_is_refused(bad):
     with pytest.raises(InputError, match="anchor"):
         TrainConfig(anchor=bad).check()
+
+
+def test_a_class_painted_for_the_first_time_is_learned_afresh():
+    """A class painted only after the first run: no anchor to predictions that know nothing of it, and
+    the prior correction and class weights estimated again (kept, they gave it the weight 0 and
+    pushed its scores down)."""
+    s = two_texture_sample((96, 96), seed=1)
+    image = s.image.copy()
+    image[:, 70:] = 1.0  # a bright band, class 3
+    first = np.where(s.strokes == 1, 1, 0).astype(np.uint8)
+    first[:, 70:] = 0
+    first[10:80:7, 75:90] = 3  # classes 1 and 3 painted, 2 not yet
+    model = fit(Model.for_data([image], [first], spec="fast"), [image], [first], TrainConfig(steps=40))
+    assert model.provenance["painted_classes"] == [1, 3] and model.provenance["class_weights"][1] == 0
+    pushed_down = model.provenance["prior_shift"][1]  # the model trains on in place
+    more = first.copy()
+    more[(s.strokes == 2) & (np.arange(96) < 70)[None, :]] = 2  # now class 2 too
+    trainer = Trainer(model, [image], [more], TrainConfig(steps=40))
+    for _ in trainer.run():
+        assert trainer._anchors is None
+    again = trainer.model
+    assert again.provenance["painted_classes"] == [1, 2, 3] and again.provenance["class_weights"][1] > 0
+    assert again.provenance["prior_shift"][1] > pushed_down + 1  # no longer pushed down
+    learned = np.argmax(predict_proba(again, image), axis=0)[more == 2] == 1
+    assert learned.mean() > 0.9  # with the old state kept: none of them
+    # the same classes again: the state is kept, as for any round of corrections
+    kept = Trainer(again.copy(), [image], [more], TrainConfig(steps=2))
+    for _ in kept.run():
+        assert kept._anchors is not None
+    assert kept.model.provenance["prior_shift"] == again.provenance["prior_shift"]

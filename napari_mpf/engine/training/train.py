@@ -78,6 +78,7 @@ class TrainConfig:
     and with ``anchor > 0`` its predictions on the unpainted pixels are kept near those it started the
     run with (that weight times their mean KL divergence added to the loss; in-memory images only):
     a round of corrections of one kind no longer swings the prediction elsewhere (benchmarks/loop.py).
+    A run that paints a class for the first time has no anchor and estimates the correction again.
     """
 
     steps: int = 50
@@ -192,6 +193,15 @@ class Trainer:
             model.provenance["class_weights"] = [float(w) for w in self._counted_weights(n_classes)]
         return np.asarray(model.provenance["class_weights"], np.float64)
 
+    def _painted_classes(self) -> list[int]:
+        """The label values painted in the training images. A run that paints a class for the first
+        time starts afresh from the network's weights: no anchor (the predictions it started from know
+        nothing of that class) and the prior correction and class weights estimated again (kept, they
+        gave the new class the weight 0 and pushed its scores down as never predicted)."""
+        if self.dataset is not None:
+            return list(self.dataset.scan().classes)
+        return sorted({int(v) for lab in self.labels for v in np.unique(lab) if v > 0})
+
     def _counted_weights(self, n_classes: int) -> np.ndarray:
         if self.dataset is not None:
             info = self.dataset.scan()  # checked: no class above n_classes
@@ -274,14 +284,17 @@ class Trainer:
         if cfg.lr is None and int(model.provenance.get("steps", 0)) > 0:
             base_lr *= CONTINUE_LR  # a trained network continues: fine-tune, don't start over
         # train the network itself; the prior correction goes back on at the end
-        self._prior.take_out(model, self._calibration_images, keep=self._calibrates(model))
+        painted = self._painted_classes()
+        before = model.provenance.get("painted_classes")  # None: a new network, or a file that does not say
+        same_classes = before is None or list(before) == painted
+        self._prior.take_out(model, self._calibration_images, keep=self._calibrates(model) and same_classes)
         if cfg.balance:  # the papers' loss weighs the classes itself
             self._class_weights = None
             model.provenance.pop("class_weights", None)
         else:
             self._class_weights = self._stroke_weights(model)
         self._anchors = None
-        if cfg.anchor > 0 and int(model.provenance.get("steps", 0)) > 0 and self.dataset is None:
+        if cfg.anchor > 0 and int(model.provenance.get("steps", 0)) > 0 and self.dataset is None and same_classes:
             self._anchors = {i: predict_proba(model, self.images[i]) for i in usable}  # the images trained on
         # weights become views into one flat vector that the optimiser updates in place
         theta, _ = _flatten(model)
@@ -292,7 +305,7 @@ class Trainer:
         provenance.setdefault("steps", 0)
         provenance.update(
             optimizer=cfg.optimizer, lr=base_lr, augment=cfg.augment, balance=cfg.balance, seed=cfg.seed,
-            crop=cfg.crop, seconds=seconds, anchor=cfg.anchor,
+            crop=cfg.crop, seconds=seconds, anchor=cfg.anchor, painted_classes=painted,
         )
         planner = StepPlanner(int(steps), seconds)
         try:
