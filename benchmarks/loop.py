@@ -19,9 +19,9 @@ Scores after every round: pixel error of the segmentation (arg-max) on the unpai
 painted image and on other images of the set, the trivial answer's error (every pixel the most
 common class), F1 per class, predicted vs true share of the foreground class, the seconds of the
 round and, in round 1, the seconds from Train to the first preview; the records also keep the share
-of painted pixels the preview still gets wrong (``unlearned``, the widget's hint). On the defect tiles also the
-"defect present" flag (an object of >= 10 px at p >= 0.5, the widget's defaults) on defect-free
-and defective other tiles.
+of painted pixels the preview still gets wrong (``unlearned``, the widget's hint). On the defect
+tiles also the "defect present" flag (an object of >= 10 px at p >= 0.5, the widget's defaults) on
+defect-free and defective other tiles.
 
 Tasks: ``em`` paints one ISBI 2012 slice and scores two others; ``tiles`` paints one defective
 magnetic tile and scores three defective and three defect-free tiles of other acquisition groups.
